@@ -1,0 +1,135 @@
+"""Building blocks of the Point-MAE standard transformer.
+
+Parameter names follow timm's ``Block`` (``norm1``, ``attn.qkv``, ``mlp.fc1``) and the upstream
+patch encoder (``first_conv.{0,1,3}``, ``second_conv.{0,1,3}``) so that upstream checkpoints map
+key for key (see ``mmpd_core.upstream``).
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+
+class DropPath(nn.Module):
+    """Stochastic depth: drop the whole residual branch of a sample with probability ``p``."""
+
+    def __init__(self, p: float = 0.0):
+        super().__init__()
+        self.p = p
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.p == 0.0 or not self.training:
+            return x
+        keep = 1.0 - self.p
+        shape = (x.shape[0],) + (1,) * (x.dim() - 1)  # (B, 1, 1)
+        return x * x.new_empty(shape).bernoulli_(keep).div_(keep)
+
+
+class Mlp(nn.Module):
+    def __init__(self, dim: int, hidden: int):
+        super().__init__()
+        self.fc1 = nn.Linear(dim, hidden)
+        self.act = nn.GELU()
+        self.fc2 = nn.Linear(hidden, dim)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.fc2(self.act(self.fc1(x)))
+
+
+class Attention(nn.Module):
+    """Multi-head self-attention through ``scaled_dot_product_attention``; qkv has no bias."""
+
+    def __init__(self, dim: int, num_heads: int):
+        super().__init__()
+        if dim % num_heads:
+            raise ValueError(f"dim {dim} is not divisible by {num_heads} heads")
+        self.num_heads = num_heads
+        self.qkv = nn.Linear(dim, dim * 3, bias=False)
+        self.proj = nn.Linear(dim, dim)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        batch, tokens, dim = x.shape
+        qkv = self.qkv(x).reshape(batch, tokens, 3, self.num_heads, dim // self.num_heads)
+        q, k, v = qkv.permute(2, 0, 3, 1, 4).unbind(0)  # each (B, H, T, D/H)
+        out = F.scaled_dot_product_attention(q, k, v)  # (B, H, T, D/H), scale (D/H)^-0.5
+        return self.proj(out.transpose(1, 2).reshape(batch, tokens, dim))  # (B, T, D)
+
+
+class Block(nn.Module):
+    """Pre-norm ViT block: x + DropPath(attn(norm1 x)), then x + DropPath(mlp(norm2 x))."""
+
+    def __init__(self, dim: int, num_heads: int, mlp_ratio: float = 4.0, drop_path: float = 0.0):
+        super().__init__()
+        self.norm1 = nn.LayerNorm(dim)
+        self.attn = Attention(dim, num_heads)
+        self.norm2 = nn.LayerNorm(dim)
+        self.mlp = Mlp(dim, int(dim * mlp_ratio))
+        self.drop_path = DropPath(drop_path)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = x + self.drop_path(self.attn(self.norm1(x)))
+        return x + self.drop_path(self.mlp(self.norm2(x)))
+
+
+def position_mlp(dim: int, hidden: int = 128) -> nn.Sequential:
+    """Positional embedding of patch centres: Linear(3, 128) -> GELU -> Linear(128, dim)."""
+    return nn.Sequential(nn.Linear(3, hidden), nn.GELU(), nn.Linear(hidden, dim))
+
+
+class TransformerStack(nn.Module):
+    """Blocks with the positional embedding added to the input of every block, then a norm.
+
+    Used by the encoder and by every decoder (Point-MAE, Stage-2 local/global). With
+    ``pos=None`` no position enters (the Stage-2 global decoder).
+    """
+
+    def __init__(
+        self,
+        dim: int,
+        depth: int,
+        num_heads: int,
+        mlp_ratio: float = 4.0,
+        drop_path_rate: float = 0.0,
+    ):
+        super().__init__()
+        rates = torch.linspace(0, drop_path_rate, depth).tolist() if depth else []
+        self.blocks = nn.ModuleList(Block(dim, num_heads, mlp_ratio, rate) for rate in rates)
+        self.norm = nn.LayerNorm(dim)
+
+    def forward(self, x: torch.Tensor, pos: torch.Tensor | None = None) -> torch.Tensor:
+        for block in self.blocks:
+            x = block(x if pos is None else x + pos)
+        return self.norm(x)
+
+
+class PatchTokenizer(nn.Module):
+    """Mini-PointNet turning each group of K points into one token (upstream ``Encoder``).
+
+    Conv1d(k=1) layers are stored as ``nn.Linear`` acting on channels-last points, which is
+    the same map. The 512->512 layer sees concat(global feature, point feature); its global
+    half is applied once per group instead of once per point (same result, ~25% fewer FLOPs).
+    BatchNorm runs over all points of all groups, as BatchNorm1d on (B*G, C, K) does upstream.
+    """
+
+    def __init__(self, out_dim: int):
+        super().__init__()
+        self.first_conv = nn.Sequential(
+            nn.Linear(3, 128), nn.BatchNorm1d(128), nn.ReLU(inplace=True), nn.Linear(128, 256)
+        )
+        self.second_conv = nn.Sequential(
+            nn.Linear(512, 512), nn.BatchNorm1d(512), nn.ReLU(inplace=True), nn.Linear(512, out_dim)
+        )
+
+    def forward(self, neighborhood: torch.Tensor) -> torch.Tensor:
+        batch, groups, k, _ = neighborhood.shape
+        points = neighborhood.reshape(batch * groups * k, 3)  # (BGK, 3)
+        feat = self.first_conv(points).view(batch * groups, k, 256)  # (BG, K, 256)
+        global_feat = feat.amax(dim=1)  # (BG, 256)
+        fuse = self.second_conv[0]
+        w_global, w_point = fuse.weight[:, :256], fuse.weight[:, 256:]  # (512, 256) each
+        hidden = F.linear(feat, w_point).add_(F.linear(global_feat, w_global, fuse.bias)[:, None])
+        hidden = self.second_conv[2](self.second_conv[1](hidden.view(-1, 512)))  # (BGK, 512)
+        tokens = self.second_conv[3](hidden).view(batch * groups, k, -1).amax(dim=1)  # (BG, C)
+        return tokens.view(batch, groups, -1)  # (B, G, C)

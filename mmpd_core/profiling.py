@@ -1,0 +1,112 @@
+"""Cost of a model: parameters, FLOPs and measured step time (for benchmarks and Table 5)."""
+
+from __future__ import annotations
+
+import contextlib
+import time
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+from torch.utils.flop_counter import FlopCounterMode
+
+
+def count_parameters(model: nn.Module) -> int:
+    return sum(p.numel() for p in model.parameters())
+
+
+def autocast_context(device: torch.device | str, dtype: torch.dtype | None):
+    """bf16/fp16 autocast on ``device`` when ``dtype`` is given, else a no-op context."""
+    if dtype is None or dtype == torch.float32:
+        return contextlib.nullcontext()
+    return torch.autocast(device_type=torch.device(device).type, dtype=dtype)
+
+
+def classification_step(
+    model: nn.Module,
+    optimizer: torch.optim.Optimizer,
+    points: torch.Tensor,
+    labels: torch.Tensor,
+    *,
+    amp_dtype: torch.dtype | None = None,
+) -> float:
+    """One forward + backward + optimizer step of classification training; returns the loss."""
+    optimizer.zero_grad(set_to_none=True)
+    with autocast_context(points.device, amp_dtype):
+        loss = F.cross_entropy(model(points), labels)
+    loss.backward()
+    optimizer.step()
+    return loss.item()
+
+
+def training_step_flops(model: nn.Module, points: torch.Tensor, labels: torch.Tensor) -> int:
+    """FLOPs of one forward + backward pass (matmuls and convolutions, as torch counts them)."""
+    with FlopCounterMode(display=False) as counter:
+        F.cross_entropy(model(points), labels).backward()
+    model.zero_grad(set_to_none=True)
+    return counter.get_total_flops()
+
+
+def time_steps(step, *, warmup: int = 1, repeats: int = 3) -> list[float]:
+    """Wall seconds of ``repeats`` calls of ``step()`` after ``warmup`` untimed calls."""
+    for _ in range(warmup):
+        step()
+    times = []
+    for _ in range(repeats):
+        if torch.cuda.is_available():
+            torch.cuda.synchronize()
+        start = time.perf_counter()
+        step()
+        if torch.cuda.is_available():
+            torch.cuda.synchronize()
+        times.append(time.perf_counter() - start)
+    return times
+
+
+def profile_variant(
+    name: str, *, batch_size: int, num_points: int, num_classes: int, repeats: int, seed: int
+) -> dict[str, float | str]:
+    """Parameters, FLOPs and fp32 / bf16-autocast training-step time of one variant (CPU)."""
+    from mmpd_core.models import create_model  # local: models imports nothing from here
+
+    torch.manual_seed(seed)
+    model = create_model(name, num_classes=num_classes).train()
+    gen = torch.Generator().manual_seed(seed)
+    points = torch.rand(batch_size, num_points, 3, generator=gen) * 2 - 1
+    labels = torch.randint(num_classes, (batch_size,), generator=gen)
+    optimizer = torch.optim.AdamW(model.parameters(), lr=5e-4, weight_decay=0.05)
+    flops = training_step_flops(model, points, labels)
+    row: dict[str, float | str] = {
+        "variant": name,
+        "params_M": count_parameters(model) / 1e6,
+        "step_GFLOP": flops / 1e9,
+    }
+    for label, dtype in (("fp32", None), ("bf16", torch.bfloat16)):
+        times = time_steps(
+            lambda dtype=dtype: classification_step(
+                model, optimizer, points, labels, amp_dtype=dtype
+            ),
+            repeats=repeats,
+        )
+        row[f"{label}_step_s"] = min(times)
+        row[f"{label}_GFLOP_per_s"] = flops / 1e9 / min(times)
+    return row
+
+
+def profile_variants(variants, **kwargs):
+    """``profile_variant`` for each name, with a progress bar; a pandas DataFrame."""
+    import pandas as pd
+    from tqdm.auto import tqdm
+
+    return pd.DataFrame(
+        [profile_variant(name, **kwargs) for name in tqdm(variants, desc="variants")]
+    )
+
+
+def machine() -> str:
+    """A short description of where this ran, for table captions."""
+    import platform
+
+    if torch.cuda.is_available():
+        return f"{torch.cuda.get_device_name()} (CUDA {torch.version.cuda})"
+    return f"{platform.machine()} CPU, {torch.get_num_threads()} threads"

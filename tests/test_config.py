@@ -1,0 +1,68 @@
+import pytest
+import yaml
+
+from mmpd_core import config
+
+
+@pytest.fixture
+def params_file(tmp_path):
+    params = {
+        "seed": 3,
+        "smoke": False,
+        "models": {
+            "variants": ["point_mae_tiny", "point_mae"],
+            "batch_size": 32,
+            "num_points": 1024,
+            "num_classes": 40,
+            "repeats": 2,
+            "out_dir": "reports",
+            "smoke": {"variants": ["point_mae_tiny"], "batch_size": 2},
+        },
+    }
+    path = tmp_path / "params.yaml"
+    path.write_text(yaml.safe_dump(params))
+    return path
+
+
+def test_load_builds_a_frozen_typed_dataclass(params_file):
+    cfg = config.load("models", params_path=params_file)
+    assert cfg.variants == ("point_mae_tiny", "point_mae") and cfg.seed == 3
+    with pytest.raises(AttributeError):
+        cfg.batch_size = 4  # frozen
+
+
+def test_smoke_section_and_overrides(params_file):
+    cfg = config.load("models", smoke=True, params_path=params_file, repeats=5, num_points=None)
+    assert cfg.variants == ("point_mae_tiny",) and cfg.batch_size == 2
+    assert cfg.repeats == 5 and cfg.num_points == 1024  # None overrides are ignored
+
+
+def test_top_level_smoke_flag_is_the_default(params_file):
+    params = yaml.safe_load(params_file.read_text())
+    params["smoke"] = True
+    params_file.write_text(yaml.safe_dump(params))
+    assert config.load("models", params_path=params_file).batch_size == 2
+
+
+def test_bad_values_name_the_file_and_field(params_file):
+    with pytest.raises(TypeError, match="smoke must be True or False, got 'false'"):
+        config.load("models", smoke="false", params_path=params_file)
+    with pytest.raises(TypeError, match=r"params.yaml:models.batch_size: expected an integer"):
+        config.load("models", params_path=params_file, batch_size="32")
+    with pytest.raises(KeyError, match=r"unknown keys \['width'\]"):
+        config.load("models", params_path=params_file, width=3)
+    with pytest.raises(KeyError, match="unknown stage"):
+        config.load("pretrain_stage9", params_path=params_file)
+    with pytest.raises(FileNotFoundError, match="params file not found"):
+        config.load("models", params_path=params_file.with_name("absent.yaml"))
+
+
+def test_float_fields_reject_yaml_strings():
+    assert config._coerce(1, float, "x") == 1.0
+    with pytest.raises(TypeError, match="YAML floats need a dot"):
+        config._coerce("1e-3", float, "x")
+
+
+def test_repository_params_load():
+    cfg = config.load("models")
+    assert "point_mae" in cfg.variants

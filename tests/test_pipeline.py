@@ -1,0 +1,62 @@
+"""End-to-end: the whole DVC pipeline at smoke size, in a copy of the repository."""
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import yaml
+from conftest import REPO_ROOT
+
+BIN = Path(sys.executable).parent
+
+
+def run(args, cwd):
+    env = {**os.environ, "PATH": f"{BIN}{os.pathsep}{os.environ['PATH']}"}
+    result = subprocess.run(args, cwd=cwd, env=env, capture_output=True, text=True)
+    assert result.returncode == 0, (
+        f"{args} failed:\n{result.stdout[-3000:]}\n{result.stderr[-3000:]}"
+    )
+    return result.stdout
+
+
+@pytest.fixture(scope="module")
+def smoke_repo(tmp_path_factory):
+    files = subprocess.run(
+        ["git", "ls-files", "--cached", "--others", "--exclude-standard", "-z"],
+        cwd=REPO_ROOT,
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout.split("\0")
+    dest = tmp_path_factory.mktemp("repo")
+    for name in filter(None, files):
+        src = REPO_ROOT / name
+        if src.is_file():
+            (dest / name).parent.mkdir(parents=True, exist_ok=True)
+            shutil.copy2(src, dest / name)
+    params = yaml.safe_load((dest / "params.yaml").read_text())
+    params["smoke"] = True
+    (dest / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
+    run(["git", "init", "-q"], dest)
+    run(["git", "add", "-A"], dest)
+    run(["git", "-c", "user.name=t", "-c", "user.email=t@t", "commit", "-qm", "smoke"], dest)
+    return dest
+
+
+@pytest.mark.slow
+def test_dvc_repro_runs_every_stage_then_nothing(smoke_repo):
+    run([str(BIN / "dvc"), "repro"], smoke_repo)
+    metrics = json.loads((smoke_repo / "reports/dvclive/models/metrics.json").read_text())
+    assert metrics["point_mae_tiny"]["params_M"] > 1.0
+    table = (smoke_repo / "reports/tables/models.md").read_text()
+    assert "point_mae_tiny" in table and "| variant" in table
+    executed = json.loads((smoke_repo / "reports/notebooks/05_models.ipynb").read_text())
+    assert any(c.get("outputs") for c in executed["cells"] if c["cell_type"] == "code")
+    again = run([str(BIN / "dvc"), "repro"], smoke_repo)
+    assert "up to date" in again
+    shown = run([str(BIN / "dvc"), "metrics", "show", "--json"], smoke_repo)
+    assert "params_M" in shown
