@@ -36,7 +36,45 @@ class ModelsStage:
     out_dir: str
 
 
-STAGES: dict[str, type] = {"models": ModelsStage}
+@dataclass(frozen=True)
+class DataPrepStage:
+    """The ``data_prep`` stage: the embedded procedural benchmark, or the real datasets."""
+
+    source: str  # "embedded": generate the procedural benchmark; "real": use real_root
+    out_dir: str  # where data, renders, captions and manifest.json go
+    real_root: str  # source "real": holds ShapeNet55-34/, modelnet40_normal_resampled/, ...
+    seed: int
+    pretrain_train_per_class: int
+    pretrain_test_per_class: int
+    pretrain_points: int
+    modelnet_train_per_class: int
+    modelnet_test_per_class: int
+    modelnet_points: int
+    scan_train_per_class: int
+    scan_test_per_class: int
+    scan_points: int
+    fewshot_ways: tuple[int, ...]
+    fewshot_shots: tuple[int, ...]
+    fewshot_folds: int
+    fewshot_query: int
+    render_views: int
+    render_elevation: float
+    render_resolution: int
+    captioner: str  # "templates" (from shape attributes / category names) or "blip2"
+    blip2_model: str  # hub id or local directory, for captioner "blip2"
+    captions_per_shape: int
+    contact_sheet: str  # PNG of renders for a person to look at
+
+    def __post_init__(self):
+        if self.source not in ("embedded", "real"):
+            raise ValueError(f"data_prep.source must be 'embedded' or 'real', got {self.source!r}")
+        if self.captioner not in ("templates", "blip2"):
+            raise ValueError(
+                f"data_prep.captioner must be 'templates' or 'blip2', got {self.captioner!r}"
+            )
+
+
+STAGES: dict[str, type] = {"models": ModelsStage, "data_prep": DataPrepStage}
 
 
 def read_params(path: str | Path | None = None) -> dict:

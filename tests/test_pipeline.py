@@ -50,6 +50,10 @@ def smoke_repo(tmp_path_factory):
 @pytest.mark.slow
 def test_dvc_repro_runs_every_stage_then_nothing(smoke_repo):
     run([str(BIN / "dvc"), "repro"], smoke_repo)
+    manifest = json.loads((smoke_repo / "data/embedded/manifest.json").read_text())
+    assert manifest["config"]["pretrain_train_per_class"] == 2  # the smoke size
+    assert manifest["counts"]["fewshot_folds"] == 2 and manifest["files"] > 100
+    assert (smoke_repo / "reports/figures/renders_contact_sheet.png").stat().st_size > 1000
     metrics = json.loads((smoke_repo / "reports/dvclive/models/metrics.json").read_text())
     assert metrics["point_mae_tiny"]["params_M"] > 1.0
     table = (smoke_repo / "reports/tables/models.md").read_text()

@@ -1,0 +1,89 @@
+"""Text for the shapes: template captions from category + attributes, and zero-shot prompts.
+
+The paper captions rendered views with BLIP-2 (``mmpd_core.blip2``, the paper profile); the
+embedded default describes each procedural shape from what its generator knows: category,
+adjectives ('tall'), colour of its largest part, and features ('four legs', 'a slatted back').
+Several diverse captions per shape, chosen deterministically from the shape's own seed.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+# Zero-shot prompt templates in the style of ULIP / CLIP's ImageNet prompts; class-name
+# embeddings are averaged over all of them.
+ZERO_SHOT_TEMPLATES: tuple[str, ...] = (
+    "a point cloud model of {}.",
+    "a point cloud of a {}.",
+    "a 3D model of a {}.",
+    "a 3D rendering of a {}.",
+    "a photo of a {}.",
+    "a photo of the {}.",
+    "a photo of a large {}.",
+    "a photo of a small {}.",
+    "a rendering of a {}.",
+    "a render of the {}.",
+    "a depth map of a {}.",
+    "a sketch of a {}.",
+    "a low poly {}.",
+    "a CAD model of a {}.",
+    "an object that is a {}.",
+    "there is a {} in the scene.",
+    "a {} in a white background.",
+    "a close-up photo of a {}.",
+    "a good photo of a {}.",
+    "a cropped photo of a {}.",
+)
+
+# How a caption frames the object; "{obj}" is e.g. "tall red chair".
+_FRAMES = (
+    "{art} {obj}{feat}",
+    "a 3D model of {art} {obj}{feat}",
+    "a rendering of {art} {obj}{feat}",
+    "a photo of {art} {obj}{feat}",
+    "{art} {obj}{feat}, on a white background",
+)
+
+DISPLAY_NAMES = {"monitor": "computer monitor", "cone": "traffic cone", "tent": "camping tent"}
+
+
+def display_name(category: str) -> str:
+    """The words used for a category in text (``flower_pot`` -> ``flower pot``)."""
+    return DISPLAY_NAMES.get(category, category.replace("_", " "))
+
+
+def _article(phrase: str) -> str:
+    return "an" if phrase[0] in "aeiou" else "a"
+
+
+def _join(features: list[str]) -> str:
+    return features[0] if len(features) == 1 else ", ".join(features[:-1]) + " and " + features[-1]
+
+
+def shape_captions(
+    category: str, attributes: dict, count: int, rng: np.random.Generator
+) -> list[str]:
+    """``count`` distinct captions (fewer if the shape offers fewer), e.g. 'a tall chair with
+    four legs and a slatted back'."""
+    name = display_name(category)
+    adjectives, features = attributes.get("adjectives", []), attributes.get("features", [])
+    colour = attributes.get("colour")
+    captions: list[str] = []
+    for _ in range(8 * count):
+        words = [a for a in adjectives if rng.random() < 0.7]
+        if colour and rng.random() < 0.5:
+            words.append(colour)
+        obj = " ".join([*words, name])
+        chosen = [f for f in features if rng.random() < 0.75]
+        feat = " with " + _join(chosen) if chosen else ""
+        text = _FRAMES[rng.integers(len(_FRAMES))].format(art=_article(obj), obj=obj, feat=feat)
+        if text not in captions:
+            captions.append(text)
+        if len(captions) == count:
+            break
+    return captions
+
+
+def class_prompts(category: str, templates: tuple[str, ...] = ZERO_SHOT_TEMPLATES) -> list[str]:
+    """Every zero-shot template filled with the category's display name."""
+    return [t.format(display_name(category)) for t in templates]

@@ -1,0 +1,1 @@
+"""Datasets: the embedded procedural benchmark and readers of the official real layouts."""

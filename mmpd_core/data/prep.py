@@ -1,0 +1,355 @@
+"""The data-prep stage: build (or locate) every dataset, render views, caption, write a manifest.
+
+Everything is written in the official layouts (``readers``), so downstream stages read the
+embedded benchmark and the real datasets through the same code. Under ``out_dir``:
+
+    ShapeNet55-34/ShapeNet-55/{train,test}.txt, shapenet_pc/<category>-<index>.npy   (pretrain)
+    ShapeNet55-34/renders/<name>/<name>_r_<deg>.png, <name>_r_<deg>_depth0001.png (ULIP layout)
+    ShapeNet55-34/captions.json        {shape name: [captions]}
+    modelnet40_normal_resampled/       shape names + modelnet40_{train,test}_<N>pts_fps.dat
+    ModelNetFewshot/<w>way_<s>shot/<fold>.pkl
+    ScanObjectNN/main_split{,_nobg}/*.h5 (+ shape_names.txt)
+    manifest.json                      roots, counts per class and split, sizes, seed, hashes
+
+With ``source: real`` the four dataset roots are the real ones under ``real_root`` (checked,
+not copied) and only renders, captions and the manifest are written to ``out_dir``.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+import shutil
+import time
+from collections import Counter
+from pathlib import Path
+
+import numpy as np
+import torch
+from tqdm.auto import tqdm
+
+from mmpd_core import captions, render
+from mmpd_core.config import PROJECT_ROOT, DataPrepStage, resolve
+from mmpd_core.data import readers, synthetic
+from mmpd_core.data.shapes import CATEGORIES, sample_shape
+from mmpd_core.geometry import farthest_point_sample, gather_points
+
+SHAPENET, MODELNET, FEWSHOT, SCAN = (
+    "ShapeNet55-34",
+    "modelnet40_normal_resampled",
+    "ModelNetFewshot",
+    "ScanObjectNN",
+)
+SCAN_NAMES = "shape_names.txt"
+
+
+def shape_name(category: str, index: int) -> str:
+    """ShapeNet-55 style file name: the category stands where a synset id would."""
+    return f"{category}-{index:07d}.npy"
+
+
+# --- embedded datasets ------------------------------------------------------------------------
+
+
+def write_pretrain(cfg: DataPrepStage, root: Path) -> dict[str, dict[str, dict]]:
+    """Pretraining shapes in the ShapeNet-55 layout; returns {split: {name: attributes}}."""
+    per_split = {"train": cfg.pretrain_train_per_class, "test": cfg.pretrain_test_per_class}
+    items, attributes = {}, {}
+    for split, count in per_split.items():
+        items[split], attributes[split] = {}, {}
+        for category in CATEGORIES:
+            for i in range(count):
+                index = synthetic.shape_index("pretrain", split, i)
+                shape = sample_shape(category, index, cfg.seed, cfg.pretrain_points)
+                name = shape_name(category, index)
+                items[split][name] = shape.points
+                attributes[split][name] = shape.attributes
+    readers.write_shapenet55(root / SHAPENET, items)
+    return attributes
+
+
+def _fps_with_normals(clouds: synthetic.CloudSet, n: int) -> np.ndarray:
+    """FPS each clean cloud down to n points, keeping normals: (M, n, 6) like the .dat cache."""
+    points = torch.from_numpy(np.concatenate([clouds.points, clouds.normals], axis=-1))
+    idx = farthest_point_sample(points[..., :3], n, skip_origin=False)  # (M, n)
+    return gather_points(points, idx).numpy()  # (M, n, 6)
+
+
+def write_modelnet(cfg: DataPrepStage, root: Path) -> dict[str, tuple[np.ndarray, np.ndarray]]:
+    """The ModelNet40 stand-in as ``.dat`` caches; returns {split: (points (M, N, 6), labels)}."""
+    folder = root / MODELNET
+    folder.mkdir(parents=True, exist_ok=True)
+    (folder / readers.MODELNET_SHAPE_NAMES).write_text("\n".join(CATEGORIES) + "\n")
+    per_split = {"train": cfg.modelnet_train_per_class, "test": cfg.modelnet_test_per_class}
+    out = {}
+    for split, count in per_split.items():
+        clean = synthetic.clean_clouds("modelnet", split, count, 4 * cfg.modelnet_points, cfg.seed)
+        points = _fps_with_normals(clean, cfg.modelnet_points)
+        path = readers.modelnet40_dat_path(folder, split, cfg.modelnet_points)
+        readers.write_modelnet40_dat(path, list(points), clean.labels)
+        out[split] = (points, clean.labels)
+    return out
+
+
+def write_fewshot(cfg: DataPrepStage, root: Path, modelnet) -> list[str]:
+    """ModelNetFewshot-style folds from the ModelNet stand-in (support: train, query: test)."""
+    (train_pts, train_lab), (test_pts, test_lab) = modelnet["train"], modelnet["test"]
+    written = []
+    for way in cfg.fewshot_ways:
+        for shot in cfg.fewshot_shots:
+            rng = np.random.default_rng([cfg.seed, way, shot])
+            for fold in range(cfg.fewshot_folds):
+                ep = synthetic.fewshot_episode(
+                    train_lab, test_lab, way, shot, cfg.fewshot_query, rng
+                )
+                episode = {
+                    "train": [
+                        (train_pts[i], lab, train_lab[i])
+                        for i, lab in zip(ep["support"], ep["support_label"], strict=True)
+                    ],
+                    "test": [
+                        (test_pts[i], lab, test_lab[i])
+                        for i, lab in zip(ep["query"], ep["query_label"], strict=True)
+                    ],
+                }
+                path = readers.write_fewshot_fold(root / FEWSHOT, way, shot, fold, episode)
+                written.append(str(path.relative_to(root)))
+    return written
+
+
+def write_scanobjectnn(cfg: DataPrepStage, root: Path) -> None:
+    """The three ScanObjectNN variants as h5 files in their official names."""
+    folder = root / SCAN
+    folder.mkdir(parents=True, exist_ok=True)
+    (folder / SCAN_NAMES).write_text("\n".join(CATEGORIES) + "\n")
+    per_split = {"train": cfg.scan_train_per_class, "test": cfg.scan_test_per_class}
+    for variant in synthetic.SCAN_VARIANTS:
+        for split, count in per_split.items():
+            scans = synthetic.scan_clouds(split, variant, count, cfg.seed, cfg.scan_points)
+            readers.write_scanobjectnn(
+                folder, variant, split, scans.points, scans.labels, num_classes=len(CATEGORIES)
+            )
+
+
+# --- renders and captions (both sources) ------------------------------------------------------
+
+
+def render_paths(renders: Path, name: str, degrees: int) -> tuple[Path, Path]:
+    """ULIP file names of one view: ``<stem>/<stem>_r_<deg>.png`` and ``..._depth0001.png``."""
+    stem = name.removesuffix(".npy")
+    base = renders / stem / f"{stem}_r_{degrees:03d}"
+    return base.with_name(base.name + ".png"), base.with_name(base.name + "_depth0001.png")
+
+
+def _surfaces(cfg, root_shapenet: Path, names, attributes):
+    """Points, normals and colours to render, (B, N, 3) each. Procedural shapes are
+    regenerated (exact normals, part colours); real ShapeNet clouds are grey, shaded flat."""
+    if all(n in attributes for n in names):
+        shapes = [sample_shape(*_category_index(n), cfg.seed, cfg.pretrain_points) for n in names]
+        return [
+            torch.from_numpy(np.stack([getattr(s, k) for s in shapes]))
+            for k in ("points", "normals", "colors")
+        ]
+    points = np.stack(
+        [readers.read_shapenet55_points(root_shapenet, n)[: cfg.pretrain_points] for n in names]
+    )
+    return [torch.from_numpy(points), None, None]
+
+
+def _category_index(name: str) -> tuple[str, int]:
+    category, index = readers.parse_shapenet_name(name)
+    return category, int(index)
+
+
+def write_renders(cfg, root_shapenet: Path, renders: Path, names, attributes, batch=32):
+    """Render every shape from ``render_views`` azimuths into RGB and 16-bit depth PNGs."""
+    degrees = [round(360 * v / cfg.render_views) for v in range(cfg.render_views)]
+    for start in tqdm(range(0, len(names), batch), desc="render"):
+        chunk = names[start : start + batch]
+        rgb, depth = render.render_views(
+            *_surfaces(cfg, root_shapenet, chunk, attributes),
+            num_views=cfg.render_views,
+            elevation_deg=cfg.render_elevation,
+            resolution=cfg.render_resolution,
+        )
+        for b, name in enumerate(chunk):
+            for v, deg in enumerate(degrees):
+                rgb_path, depth_path = render_paths(renders, name, deg)
+                rgb_path.parent.mkdir(parents=True, exist_ok=True)
+                render.save_png(rgb[b, v], rgb_path)
+                render.save_depth_png(depth[b, v], depth_path)
+    return degrees
+
+
+def make_captions(cfg, renders: Path, names, attributes, degrees) -> dict[str, list[str]]:
+    """``captions_per_shape`` captions per shape: templates, or BLIP-2 on the rendered views."""
+    if cfg.captioner == "blip2":
+        from mmpd_core import blip2  # transformers' BLIP-2 only when asked for
+
+        device = "cuda" if torch.cuda.is_available() else "cpu"
+        captioner = blip2.load_captioner(cfg.blip2_model, device=device)
+        views = [
+            torch.stack([render.load_png(render_paths(renders, n, d)[0]) for d in degrees])
+            for n in names
+        ]  # per shape (V, 3, H, W)
+        ranked = blip2.caption_shapes(
+            captioner, views, top_k=cfg.captions_per_shape, min_new_tokens=3
+        )  # a caption is at least a few words
+        # a shape whose views all came back empty falls back to its template caption
+        return {n: r or _template_captions(cfg, n, {}) for n, r in zip(names, ranked, strict=True)}
+    return {name: _template_captions(cfg, name, attributes.get(name) or {}) for name in names}
+
+
+def _template_captions(cfg, name: str, attributes: dict) -> list[str]:
+    category, model_id = readers.parse_shapenet_name(name)
+    seed = int(hashlib.sha1(model_id.encode()).hexdigest()[:8], 16)
+    rng = np.random.default_rng([cfg.seed, seed])
+    return captions.shape_captions(category, attributes, cfg.captions_per_shape, rng)
+
+
+# --- manifest ---------------------------------------------------------------------------------
+
+
+def dataset_roots(cfg: DataPrepStage) -> dict[str, Path]:
+    """Where each dataset lives: inside out_dir (embedded) or under real_root (real)."""
+    base = resolve(cfg.out_dir if cfg.source == "embedded" else cfg.real_root)
+    return {
+        "shapenet55": base / SHAPENET,
+        "modelnet40": base / MODELNET,
+        "fewshot": base / FEWSHOT,
+        "scanobjectnn": base / SCAN,
+    }
+
+
+def project_relative(path: Path) -> str:
+    """Paths inside the project are recorded relative to it (manifests travel with clones)."""
+    return str(path.relative_to(PROJECT_ROOT)) if path.is_relative_to(PROJECT_ROOT) else str(path)
+
+
+def _class_names(path: Path, fallback) -> list[str]:
+    return path.read_text().split() if path.is_file() else list(fallback)
+
+
+def count_datasets(cfg: DataPrepStage, roots: dict[str, Path]) -> dict:
+    """Read every dataset back through the readers (which validates it) and count per class."""
+    counts: dict = {"shapenet55": {}, "modelnet40": {}, "scanobjectnn": {}}
+    for split in readers.SPLITS:
+        names = readers.read_shapenet55_split(roots["shapenet55"], split)
+        counts["shapenet55"][split] = dict(
+            sorted(Counter(readers.parse_shapenet_name(n)[0] for n in names).items())
+        )
+    mn_names = readers.read_modelnet40_shape_names(roots["modelnet40"])
+    for split in readers.SPLITS:
+        dat = readers.modelnet40_dat_path(roots["modelnet40"], split, cfg.modelnet_points)
+        if dat.is_file():
+            labels = readers.read_modelnet40_dat(dat)[1]
+        else:
+            labels = readers.read_modelnet40_split(roots["modelnet40"], split)[1]
+        counts["modelnet40"][split] = _per_class(labels, mn_names)
+    scan_names = _class_names(roots["scanobjectnn"] / SCAN_NAMES, readers.SCANOBJECTNN_CLASSES)
+    for variant in synthetic.SCAN_VARIANTS:
+        for split in readers.SPLITS:
+            labels = readers.read_scanobjectnn(
+                roots["scanobjectnn"], variant, split, len(scan_names)
+            )[1]
+            counts["scanobjectnn"][f"{variant}/{split}"] = _per_class(labels, scan_names)
+    counts["fewshot_folds"] = len(list(roots["fewshot"].glob("*way_*shot/*.pkl")))
+    return counts
+
+
+def _per_class(labels: np.ndarray, names) -> dict[str, int]:
+    hist = np.bincount(labels, minlength=len(names))
+    return {name: int(n) for name, n in zip(names, hist, strict=True) if n}
+
+
+def tree_digest(folder: Path) -> tuple[str, int, int]:
+    """(sha256 over relative paths and contents, file count, bytes) of a folder."""
+    digest, files, size = hashlib.sha256(), 0, 0
+    for path in sorted(p for p in folder.rglob("*") if p.is_file() and p.name != "manifest.json"):
+        data = path.read_bytes()
+        digest.update(str(path.relative_to(folder)).encode() + b"\0" + data)
+        files, size = files + 1, size + len(data)
+    return digest.hexdigest(), files, size
+
+
+# --- the stage --------------------------------------------------------------------------------
+
+
+def prepare(cfg: DataPrepStage) -> dict:
+    """Run the whole stage; returns (and writes) the manifest."""
+    out, roots, timings = resolve(cfg.out_dir), dataset_roots(cfg), {}
+    if (out / "manifest.json").is_file():
+        shutil.rmtree(out)  # a previous run of this stage: start clean, nothing stale survives
+    out.mkdir(parents=True, exist_ok=True)
+    start = time.perf_counter()
+    attributes: dict[str, dict] = {"train": {}, "test": {}}
+    if cfg.source == "embedded":
+        attributes = write_pretrain(cfg, out)
+        modelnet = write_modelnet(cfg, out)
+        write_fewshot(cfg, out, modelnet)
+        write_scanobjectnn(cfg, out)
+    timings["datasets_s"] = time.perf_counter() - start
+    names = [
+        n for s in readers.SPLITS for n in readers.read_shapenet55_split(roots["shapenet55"], s)
+    ]
+    flat_attributes = {**attributes["train"], **attributes["test"]}
+    renders = out / SHAPENET / "renders"
+    start = time.perf_counter()
+    degrees = write_renders(cfg, roots["shapenet55"], renders, names, flat_attributes)
+    timings["render_s"] = time.perf_counter() - start
+    start = time.perf_counter()
+    texts = make_captions(cfg, renders, names, flat_attributes, degrees)
+    (out / SHAPENET / "captions.json").write_text(json.dumps(texts, indent=1))
+    timings["captions_s"] = time.perf_counter() - start
+    manifest = {
+        "config": dataclasses.asdict(cfg),
+        "roots": {k: project_relative(v) for k, v in roots.items()},
+        "renders": project_relative(renders),
+        "captions": project_relative(out / SHAPENET / "captions.json"),
+        "views_degrees": degrees,
+        "counts": count_datasets(cfg, roots),
+        "timings_s": timings,
+    }
+    digest, files, size = tree_digest(out)
+    manifest.update(content_sha256=digest, files=files, bytes=size)
+    (out / "manifest.json").write_text(json.dumps(manifest, indent=1, default=list))
+    return manifest
+
+
+# --- what a person looks at -------------------------------------------------------------------
+
+
+def _first_per_category(manifest: dict, split: str = "train") -> list[str]:
+    names = json.loads(resolve(manifest["captions"]).read_text())
+    seen, first = set(), []
+    for name in names:
+        category = readers.parse_shapenet_name(name)[0]
+        if category not in seen:
+            seen.add(category)
+            first.append(name)
+    return first
+
+
+def contact_sheet(cfg: DataPrepStage, manifest: dict, views: int = 3) -> Path:
+    """One row per category: ``views`` RGB renders and the depth map of the first view."""
+    renders, degrees = resolve(manifest["renders"]), manifest["views_degrees"]
+    picks = degrees[:: max(1, len(degrees) // views)][:views]
+    tiles, labels = [], []
+    for name in _first_per_category(manifest):
+        for deg in picks:
+            tiles.append(render.load_png(render_paths(renders, name, deg)[0]))
+            labels.append(f"{readers.parse_shapenet_name(name)[0]} {deg}")
+        tiles.append(
+            render.depth_to_rgb(render.load_depth_png(render_paths(renders, name, picks[0])[1]))
+        )
+        labels.append("depth")
+    return render.contact_sheet(
+        torch.stack(tiles), resolve(cfg.contact_sheet), 2 * (views + 1), labels
+    )
+
+
+def caption_gallery(manifest: dict) -> list[dict[str, str]]:
+    """Rows of (shape, captions) for the first shapes of each category."""
+    texts = json.loads(resolve(manifest["captions"]).read_text())
+    return [{"shape": n, "captions": " | ".join(texts[n])} for n in _first_per_category(manifest)]
