@@ -1,15 +1,28 @@
-"""BLIP-2 captions of rendered views: the paper's source of text for Stage-1.
+"""BLIP-2 captions of rendered views: the paper's captioner.
 
-The paper profile sets ``data_prep.captioner: blip2`` and ``data_prep.blip2_model`` to the
-hub id ``Salesforce/blip2-opt-2.7b`` (or a local directory holding those weights, written by
-``save_pretrained``); on a GPU the model runs in bfloat16. Every rendered view of a shape is
-captioned once (greedy or beam search); the shape's top-k captions are its distinct captions
-ranked by how many views produced them, ties broken by the model's mean token log-likelihood.
-Nothing here downloads anything unless given a hub id on a machine that reaches the hub.
+The paper captions every rendered view of a shape with BLIP-2 (OPT-2.7b) and keeps the top-k
+captions per shape as that shape's text. This module is that path, on ``transformers``:
+
+- ``load_captioner(name_or_dir)`` loads ``Blip2ForConditionalGeneration`` and its processor,
+  frozen and in eval mode;
+- ``caption_images`` writes one caption per image;
+- ``caption_shapes`` writes one caption per view and keeps each shape's ``top_k`` by
+  ``rank_captions``: distinct captions, most frequent across the views first, ties broken by the
+  model's mean token log-likelihood.
+
+How the paper profile selects it: ``params.yaml`` sets ``data_prep.captioner: blip2`` and
+``data_prep.blip2_model``, and the caller passes that value on, e.g.
+``load_captioner("Salesforce/blip2-opt-2.7b", device="cuda")`` (a hub id: needs the hub or a warm
+Hugging Face cache) or ``load_captioner("/data/weights/blip2-opt-2.7b", device="cuda")`` (a
+local directory written by ``save_pretrained`` or ``huggingface-cli download``). On CUDA the
+default dtype is bfloat16, as in the paper; on CPU it is float32. ``data_prep.captions_per_shape``
+is ``top_k``. The decoding defaults follow the LAVIS BLIP-2 captioner: 5 beams, at most 30 new
+tokens, at least 1.
 """
 
 from __future__ import annotations
 
+import re
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -19,99 +32,236 @@ from PIL import Image
 from tqdm.auto import tqdm
 from transformers import Blip2ForConditionalGeneration, Blip2Processor
 
+# A Hugging Face hub id: "name" or "owner/name", no leading dot, slash or tilde.
+_HUB_ID = re.compile(r"[A-Za-z0-9][\w.-]*(/[A-Za-z0-9][\w.-]*)?")
 
-@dataclass
+ImageLike = torch.Tensor | Image.Image
+
+
+@dataclass(frozen=True)
 class Captioner:
+    """A loaded BLIP-2: frozen model, its processor, and where/in what dtype it runs."""
+
     model: Blip2ForConditionalGeneration
     processor: Blip2Processor
     device: torch.device
+    dtype: torch.dtype
+
+
+def _resolve_source(
+    model_name_or_path: str | Path, local_files_only: bool | None
+) -> tuple[str, bool]:
+    """(what to pass to ``from_pretrained``, its ``local_files_only``).
+
+    An existing directory is loaded offline and must hold a ``config.json``; a ``Path`` or a
+    string that cannot be a hub id (absolute, ``./``, ``~``) must be an existing directory; any
+    other string is a hub id, passed through unchanged.
+    """
+    path = Path(model_name_or_path).expanduser()
+    if path.is_dir():
+        if not (path / "config.json").is_file():
+            raise FileNotFoundError(
+                f"{path} has no config.json: not a saved BLIP-2 model directory"
+            )
+        return str(path), True if local_files_only is None else local_files_only
+    if isinstance(model_name_or_path, Path) or not _HUB_ID.fullmatch(model_name_or_path):
+        raise FileNotFoundError(f"BLIP-2 model directory not found: {path}")
+    return model_name_or_path, bool(local_files_only)
 
 
 def load_captioner(
-    model_name_or_path: str | Path, *, device="cpu", dtype: torch.dtype | None = None
-) -> Captioner:
-    """BLIP-2 model + processor from a local directory (offline) or a hub id, in eval mode."""
-    path = Path(model_name_or_path)
-    local = path.is_dir() or str(model_name_or_path).startswith((".", "/", "~"))
-    if local and not (path / "config.json").is_file():
-        raise FileNotFoundError(
-            f"{path}: no BLIP-2 checkpoint here (expected config.json and weights written by "
-            "save_pretrained, or pass a hub id such as Salesforce/blip2-opt-2.7b)"
-        )
-    kwargs = {"local_files_only": True} if local else {}
-    processor = Blip2Processor.from_pretrained(str(model_name_or_path), **kwargs)
-    model = Blip2ForConditionalGeneration.from_pretrained(
-        str(model_name_or_path), dtype=dtype, **kwargs
-    )
-    device = torch.device(device)
-    return Captioner(model.to(device).eval(), processor, device)
-
-
-def _to_pil(image) -> Image.Image:
-    """A float tensor (3, H, W) in [0, 1] or a PIL image -> an RGB PIL image."""
-    if isinstance(image, Image.Image):
-        return image.convert("RGB")
-    array = (image.detach().clamp(0, 1) * 255).round().byte().permute(1, 2, 0).cpu().numpy()
-    return Image.fromarray(array)
-
-
-@torch.no_grad()
-def caption_images(
-    captioner: Captioner,
-    images: Sequence,
+    model_name_or_path: str | Path,
     *,
-    prompt: str | None = None,
-    max_new_tokens: int = 30,
-    num_beams: int = 1,
-    batch_size: int = 16,
-    **generate_kwargs,
-) -> tuple[list[str], list[float]]:
-    """One caption per image and its mean token log-likelihood under the model."""
-    texts, scores = [], []
-    for start in range(0, len(images), batch_size):
-        chunk = [_to_pil(im) for im in images[start : start + batch_size]]
-        inputs = captioner.processor(
-            images=chunk, text=[prompt] * len(chunk) if prompt else None, return_tensors="pt"
-        ).to(captioner.device)
-        inputs["pixel_values"] = inputs["pixel_values"].to(captioner.model.dtype)
-        out = captioner.model.generate(
-            **inputs,
-            max_new_tokens=max_new_tokens,
-            num_beams=num_beams,
-            do_sample=False,
-            output_scores=True,
-            return_dict_in_generate=True,
-            **generate_kwargs,
-        )
-        generated = out.sequences[:, -len(out.scores) :]  # (b, T) the new tokens only
-        token_logp = captioner.model.language_model.compute_transition_scores(
-            out.sequences, out.scores, out.get("beam_indices"), normalize_logits=True
-        )  # (b, T)
-        real = generated != captioner.processor.tokenizer.pad_token_id
-        mean_logp = (token_logp * real).sum(1) / real.sum(1).clamp_min(1)
-        texts += captioner.processor.batch_decode(generated, skip_special_tokens=True)
-        scores += mean_logp.float().tolist()
-    return [t.strip() for t in texts], scores
+    device: str | torch.device = "cpu",
+    dtype: torch.dtype | None = None,
+    local_files_only: bool | None = None,
+) -> Captioner:
+    """Load BLIP-2 (model + processor) from a hub id or a local directory, frozen, in eval mode.
+
+    ``dtype`` defaults to bfloat16 on CUDA and float32 elsewhere. ``local_files_only`` defaults
+    to True for a local directory and False for a hub id.
+    """
+    source, local = _resolve_source(model_name_or_path, local_files_only)
+    device = torch.device(device)
+    dtype = dtype or (torch.bfloat16 if device.type == "cuda" else torch.float32)
+    processor = Blip2Processor.from_pretrained(source, local_files_only=local)
+    model = Blip2ForConditionalGeneration.from_pretrained(
+        source, dtype=dtype, local_files_only=local
+    )
+    if model.config.image_token_index is None:
+        raise ValueError(f"{source}: the config has no image_token_index (an old BLIP-2 save)")
+    if processor.num_query_tokens is None:  # older processors: the prompt needs one per query
+        processor.num_query_tokens = model.config.num_query_tokens
+    model.to(device).eval().requires_grad_(False)
+    return Captioner(model=model, processor=processor, device=device, dtype=dtype)
 
 
 def rank_captions(captions: Sequence[str], scores: Sequence[float], top_k: int) -> list[str]:
-    """Distinct non-empty captions, most views first, then higher mean score, then first seen."""
-    stats: dict[str, list] = {}
-    for order, (text, score) in enumerate(zip(captions, scores, strict=True)):
-        text = text.strip()
+    """The ``top_k`` best distinct captions of one shape, best first.
+
+    ``captions[i]`` is view i's caption and ``scores[i]`` its mean token log-likelihood.
+    Captions are compared after collapsing whitespace; empty ones are dropped. Distinct captions
+    are ranked by how many views produced them, then by their score averaged over those views,
+    then by first appearance.
+    """
+    if top_k < 1:
+        raise ValueError(f"top_k must be at least 1, got {top_k}")
+    views: dict[str, list[float]] = {}
+    for caption, score in zip(captions, scores, strict=True):
+        text = " ".join(caption.split())
         if text:
-            entry = stats.setdefault(text, [0, 0.0, order])
-            entry[0], entry[1] = entry[0] + 1, entry[1] + score
-    ranked = sorted(stats.items(), key=lambda kv: (-kv[1][0], -kv[1][1] / kv[1][0], kv[1][2]))
-    return [text for text, _ in ranked[:top_k]]
+            views.setdefault(text, []).append(float(score))
+    ranked = sorted(views, key=lambda t: (-len(views[t]), -sum(views[t]) / len(views[t])))
+    return ranked[:top_k]
+
+
+def _split_images(images: torch.Tensor | Sequence[ImageLike]) -> list[ImageLike]:
+    """A (V, 3, H, W) tensor or a sequence of (3, H, W) tensors / PIL images, as a list."""
+    if isinstance(images, torch.Tensor) and (images.ndim != 4 or images.shape[1] != 3):
+        raise ValueError(f"images must have shape (V, 3, H, W), got {tuple(images.shape)}")
+    return list(images)
+
+
+def _to_processor_image(image: ImageLike) -> ImageLike:
+    """Float [0, 1] tensors become uint8 (3, H, W) tensors, exactly what a PIL image becomes
+    inside the processor; uint8 tensors and PIL images pass through."""
+    if not isinstance(image, torch.Tensor) or image.dtype == torch.uint8:
+        return image
+    if not image.is_floating_point() or image.shape[0] != 3:
+        shape = tuple(image.shape)
+        raise ValueError(f"expected a float (3, H, W) image in [0, 1], got {image.dtype} {shape}")
+    return (image.detach().float().clamp(0, 1) * 255).round().to(torch.uint8).cpu()
+
+
+def _until_eos(tokens: torch.Tensor, eos_token_id: int | list[int]) -> torch.Tensor:
+    """1 for generated tokens up to and including the first EOS of each row, else 0."""
+    eos = torch.as_tensor(eos_token_id, device=tokens.device).reshape(-1)
+    is_eos = torch.isin(tokens, eos).long()  # (N, T)
+    eos_before = is_eos.cumsum(dim=1) - is_eos  # (N, T)
+    return (eos_before == 0).float()
+
+
+def _caption_batch(
+    captioner: Captioner,
+    images: list[ImageLike],
+    prompt: str | None,
+    generate_kwargs: dict,
+) -> tuple[list[str], torch.Tensor]:
+    """Captions of one batch and their mean token log-likelihoods (N,) under the model.
+
+    The captions hold only the generated tokens, never the prompt, and never the ``<image>``
+    placeholder that transformers adds to OPT's vocabulary (LAVIS's BLIP-2 has no such token).
+    The log-likelihood comes from the raw logits (``compute_transition_scores`` with
+    ``normalize_logits``), so it is the model's, not the beam search's, and counts tokens up to
+    and including EOS.
+    """
+    model, processor = captioner.model, captioner.processor
+    text = None if prompt is None else [prompt] * len(images)
+    pixels = [_to_processor_image(image) for image in images]
+    batch = processor(images=pixels, text=text, return_tensors="pt")
+    batch = batch.to(captioner.device, captioner.dtype)
+    with torch.inference_mode():
+        kwargs = dict(do_sample=False, suppress_tokens=[model.config.image_token_index])
+        kwargs.update(generate_kwargs, output_logits=True, return_dict_in_generate=True)
+        out = model.generate(**batch, **kwargs)
+        token_logp = model.compute_transition_scores(
+            out.sequences, out.logits, out.get("beam_indices"), normalize_logits=True
+        )  # (N, T)
+    new_tokens = out.sequences[:, -token_logp.shape[1] :]  # (N, T)
+    eos = model.generation_config.eos_token_id or model.config.text_config.eos_token_id
+    keep = _until_eos(new_tokens, eos)  # (N, T)
+    mean_logp = (token_logp.float() * keep).sum(dim=1) / keep.sum(dim=1).clamp(min=1)  # (N,)
+    captions = processor.batch_decode(new_tokens, skip_special_tokens=True)
+    return [c.strip() for c in captions], mean_logp.cpu()
+
+
+def _caption_all(
+    captioner: Captioner,
+    images: list[ImageLike],
+    *,
+    prompt: str | None,
+    batch_size: int,
+    progress: bool,
+    generate_kwargs: dict,
+) -> tuple[list[str], torch.Tensor]:
+    """``_caption_batch`` over ``images`` in batches of ``batch_size``, with a progress bar."""
+    captions: list[str] = []
+    scores: list[torch.Tensor] = []
+    with tqdm(total=len(images), desc="BLIP-2 captions", unit="view", disable=not progress) as bar:
+        for start in range(0, len(images), batch_size):
+            batch = images[start : start + batch_size]
+            texts, logp = _caption_batch(captioner, batch, prompt, generate_kwargs)
+            captions += texts
+            scores.append(logp)
+            bar.update(len(batch))
+    return captions, torch.cat(scores) if scores else torch.zeros(0)
+
+
+def caption_images(
+    captioner: Captioner,
+    images: torch.Tensor | Sequence[ImageLike],
+    *,
+    prompt: str | None = None,
+    max_new_tokens: int = 30,
+    min_new_tokens: int = 1,
+    num_beams: int = 5,
+    batch_size: int = 16,
+    **generate_kwargs,
+) -> list[str]:
+    """One caption per image, stripped (empty only if ``min_new_tokens`` is 0).
+
+    ``images``: a float (V, 3, H, W) tensor in [0, 1], or a sequence of (3, H, W) tensors or PIL
+    images. With a ``prompt`` (e.g. "a photo of") the caption is its continuation only. Decoding
+    is deterministic; ``generate_kwargs`` (e.g. ``repetition_penalty``) go to ``generate``.
+    """
+    generate_kwargs.update(
+        max_new_tokens=max_new_tokens, min_new_tokens=min_new_tokens, num_beams=num_beams
+    )
+    captions, _ = _caption_all(
+        captioner,
+        _split_images(images),
+        prompt=prompt,
+        batch_size=batch_size,
+        progress=False,
+        generate_kwargs=generate_kwargs,
+    )
+    return captions
 
 
 def caption_shapes(
-    captioner: Captioner, views_per_shape: Sequence, *, top_k: int = 5, **caption_kwargs
+    captioner: Captioner,
+    views_per_shape: Sequence[torch.Tensor | Sequence[ImageLike]],
+    *,
+    top_k: int = 5,
+    prompt: str | None = None,
+    max_new_tokens: int = 30,
+    min_new_tokens: int = 1,
+    num_beams: int = 5,
+    batch_size: int = 16,
+    progress: bool = True,
+    **generate_kwargs,
 ) -> list[list[str]]:
-    """For each shape's views (V, 3, H, W) or list of images, its top-k captions."""
-    ranked = []
-    for views in tqdm(views_per_shape, desc="BLIP-2 captions"):
-        texts, scores = caption_images(captioner, list(views), **caption_kwargs)
-        ranked.append(rank_captions(texts, scores, top_k))
+    """For each shape, its ``top_k`` captions by ``rank_captions`` (at most ``top_k``; none if
+    every view's caption came back empty).
+
+    Every view of every shape gets one caption, as in ``caption_images``; views of several shapes
+    share a batch, and only one batch at a time is converted for the processor.
+    """
+    generate_kwargs.update(
+        max_new_tokens=max_new_tokens, min_new_tokens=min_new_tokens, num_beams=num_beams
+    )
+    views = [_split_images(shape) for shape in views_per_shape]
+    captions, scores = _caption_all(
+        captioner,
+        [image for shape in views for image in shape],
+        prompt=prompt,
+        batch_size=batch_size,
+        progress=progress,
+        generate_kwargs=generate_kwargs,
+    )
+    ranked, start = [], 0
+    for shape in views:
+        stop = start + len(shape)
+        ranked.append(rank_captions(captions[start:stop], scores[start:stop].tolist(), top_k))
+        start = stop
     return ranked

@@ -74,7 +74,60 @@ class DataPrepStage:
             )
 
 
-STAGES: dict[str, type] = {"models": ModelsStage, "data_prep": DataPrepStage}
+@dataclass(frozen=True)
+class TeacherCacheStage:
+    """The ``teacher_cache`` stage: frozen-teacher features of every view and caption."""
+
+    teachers: tuple[dict, ...]  # specs for mmpd_core.teachers.build_teacher
+    data_manifest: str
+    out_dir: str
+    view_stride: int  # cache every view_stride-th rendered view (1: all)
+    batch_size: int
+    dtype: str  # float16 | float32 (storage)
+
+
+@dataclass(frozen=True)
+class Stage1Stage:
+    """The ``pretrain_stage1`` stage: multi-teacher alignment (Eq. 3)."""
+
+    model: str  # a models.VARIANTS name
+    teachers: tuple[str, ...]  # names of cached teachers taking part (Table 11: one or all)
+    data_manifest: str
+    cache_dir: str
+    online: bool  # run the teachers in the loop instead of reading the cache
+    num_points: int
+    epochs: int
+    batch_size: int
+    lr: float
+    weight_decay: float
+    warmup_epochs: int
+    min_lr: float
+    grad_clip: float
+    accumulation: int
+    amp: str
+    num_workers: int
+    seed: int
+    out_dir: str
+
+
+@dataclass(frozen=True)
+class ZeroShotStage:
+    """The ``zeroshot`` stage: Table 2 on the clean classification test split."""
+
+    checkpoint_dir: str  # a Stage-1 run's out_dir (its checkpoint names the text teacher)
+    data_manifest: str
+    num_points: int
+    batch_size: int
+    out_dir: str
+
+
+STAGES: dict[str, type] = {
+    "models": ModelsStage,
+    "data_prep": DataPrepStage,
+    "teacher_cache": TeacherCacheStage,
+    "pretrain_stage1": Stage1Stage,
+    "zeroshot": ZeroShotStage,
+}
 
 
 def read_params(path: str | Path | None = None) -> dict:
@@ -101,6 +154,10 @@ def _coerce(value, kind, where: str):
             return None
         kind = next(k for k in typing.get_args(kind) if k is not type(None))
         return _coerce(value, kind, where)
+    if kind is dict:
+        if not isinstance(value, dict):
+            raise TypeError(f"{where}: expected a mapping, got {value!r}")
+        return dict(value)
     if kind is bool:
         if not isinstance(value, bool):
             raise TypeError(f"{where}: expected True/False, got {value!r}")
@@ -145,7 +202,8 @@ def load(stage: str, *, smoke: bool | None = None, params_path=None, **overrides
     where = f"{params_path or PARAMS_FILE}:{stage}"
     section = dict(params.get(stage) or {})
     smoke_part = section.pop("smoke", None) or {}
-    section = {"seed": params.get("seed", 0), **section}
+    if "seed" in {f.name for f in dataclasses.fields(STAGES[stage])}:
+        section = {"seed": params.get("seed", 0), **section}  # the project-wide seed
     if smoke:
         section.update(smoke_part)
     section.update({k: v for k, v in overrides.items() if v is not None})

@@ -1,9 +1,12 @@
-"""The BLIP-2 captioning path, on a tiny random BLIP-2 saved to disk and loaded back."""
+"""The BLIP-2 captioning path, on a tiny random BLIP-2 saved with ``save_pretrained`` and loaded
+back through ``load_captioner`` (no weights are downloaded)."""
+
+import re
 
 import pytest
 import torch
 from PIL import Image
-from tokenizers import Tokenizer, models, pre_tokenizers
+from tokenizers import Tokenizer, models, pre_tokenizers, processors
 from transformers import (
     Blip2Config,
     Blip2ForConditionalGeneration,
@@ -18,12 +21,21 @@ from mmpd_core import blip2
 WORDS = (
     "a an the chair table lamp with four legs tall small red blue wooden of on back seat".split()
 )
+QUERIES = 4  # Q-Former query tokens = <image> tokens in front of every prompt
+SPECIALS = {"<pad>": 0, "</s>": 1, "<unk>": 2}  # OPT's roles; "</s>" is both BOS and EOS
+# Random weights seldom pick "</s>"; generation also stops at "<unk>", which they often pick, so
+# captions end early and a list of EOS ids is exercised.
+STOP_IDS = [SPECIALS["</s>"], SPECIALS["<unk>"]]
 
 
 def tiny_processor() -> Blip2Processor:
-    vocab = {"<pad>": 0, "</s>": 1, "<unk>": 2, **{w: i + 3 for i, w in enumerate(WORDS)}}
+    """A word-level tokenizer that prepends BOS like OPT's, and a 32-pixel image processor."""
+    vocab = {**SPECIALS, **{w: i + len(SPECIALS) for i, w in enumerate(WORDS)}}
     tok = Tokenizer(models.WordLevel(vocab, unk_token="<unk>"))
-    tok.pre_tokenizer = pre_tokenizers.Whitespace()
+    tok.pre_tokenizer = pre_tokenizers.WhitespaceSplit()
+    tok.post_processor = processors.TemplateProcessing(
+        single="</s> $A", special_tokens=[("</s>", SPECIALS["</s>"])]
+    )
     fast = PreTrainedTokenizerFast(
         tokenizer_object=tok,
         bos_token="</s>",
@@ -32,79 +44,182 @@ def tiny_processor() -> Blip2Processor:
         unk_token="<unk>",
     )
     images = BlipImageProcessor(size={"height": 32, "width": 32})
-    return Blip2Processor(images, fast, num_query_tokens=4)  # adds the <image> token
+    return Blip2Processor(images, fast, num_query_tokens=QUERIES)  # adds the "<image>" token
+
+
+def tiny_config(vocab_size: int, image_token_index: int) -> Blip2Config:
+    """One layer everywhere, width 32; inits wide enough that captions vary with the image and
+    often stop early (at EOS)."""
+    width = dict(hidden_size=32, intermediate_size=64, num_hidden_layers=1, num_attention_heads=2)
+    text = OPTConfig(
+        vocab_size=vocab_size, hidden_size=32, word_embed_proj_dim=32, ffn_dim=64,
+        num_hidden_layers=1, num_attention_heads=2, max_position_embeddings=64, init_std=0.5,
+        pad_token_id=SPECIALS["<pad>"], bos_token_id=SPECIALS["</s>"],
+        eos_token_id=SPECIALS["</s>"],
+    )  # fmt: skip
+    return Blip2Config(
+        vision_config=dict(**width, image_size=32, patch_size=8, initializer_range=0.02),
+        qformer_config=dict(
+            **width, vocab_size=vocab_size, max_position_embeddings=32, initializer_range=0.2
+        ),
+        text_config=text.to_dict(),
+        num_query_tokens=QUERIES,
+        image_token_index=image_token_index,
+        initializer_range=0.2,
+    )
 
 
 @pytest.fixture(scope="module")
 def tiny_dir(tmp_path_factory):
     torch.manual_seed(0)
     processor = tiny_processor()
-    vocab = len(processor.tokenizer)
-    text = OPTConfig(
-        hidden_size=32, ffn_dim=64, num_hidden_layers=1, num_attention_heads=2, vocab_size=vocab,
-        word_embed_proj_dim=32, max_position_embeddings=64, pad_token_id=0, bos_token_id=1,
-        eos_token_id=1,
-    )  # fmt: skip
-    config = Blip2Config(
-        vision_config=dict(hidden_size=32, intermediate_size=64, num_hidden_layers=1,
-                           num_attention_heads=2, image_size=32, patch_size=8),
-        qformer_config=dict(hidden_size=32, intermediate_size=64, num_hidden_layers=1,
-                            num_attention_heads=2, encoder_hidden_size=32, vocab_size=vocab),
-        text_config=text.to_dict(),
-        num_query_tokens=4,
-        image_token_index=processor.tokenizer.convert_tokens_to_ids("<image>"),
-    )  # fmt: skip
+    image_token = processor.tokenizer.convert_tokens_to_ids("<image>")
+    model = Blip2ForConditionalGeneration(tiny_config(len(processor.tokenizer), image_token))
+    model.generation_config.eos_token_id = STOP_IDS
     path = tmp_path_factory.mktemp("blip2")
-    Blip2ForConditionalGeneration(config).save_pretrained(path)
+    model.save_pretrained(path)
     processor.save_pretrained(path)
     return path
 
 
-def views(n=3, seed=0):
-    return torch.rand(n, 3, 40, 40, generator=torch.Generator().manual_seed(seed))
+@pytest.fixture(scope="module")
+def captioner(tiny_dir):
+    return blip2.load_captioner(tiny_dir)
 
 
-def test_captions_from_a_local_directory(tiny_dir):
-    captioner = blip2.load_captioner(tiny_dir)
-    texts, scores = blip2.caption_images(captioner, views(), max_new_tokens=5, min_new_tokens=3)
-    assert len(texts) == 3 and all(isinstance(t, str) and t for t in texts)
-    assert all(set(t.split()) <= set(WORDS) for t in texts)
-    assert all(s <= 0 for s in scores)  # mean log-probabilities
-    again, _ = blip2.caption_images(captioner, views(), max_new_tokens=5, min_new_tokens=3)
-    assert again == texts
-    pil = [Image.fromarray((v * 255).round().byte().permute(1, 2, 0).numpy()) for v in views()]
-    assert blip2.caption_images(captioner, pil, max_new_tokens=5, min_new_tokens=3)[0] == texts
+def views(n: int, seed: int = 0) -> torch.Tensor:
+    """(n, 3, 40, 40) floats in [0, 1] on the uint8 grid, brightness varying by view."""
+    gen = torch.Generator().manual_seed(seed)
+    gamma = torch.linspace(0.2, 5.0, n).view(n, 1, 1, 1)
+    return (torch.rand(n, 3, 40, 40, generator=gen) ** gamma * 255).round() / 255
 
 
-def test_top_k_per_shape(tiny_dir):
-    captioner = blip2.load_captioner(tiny_dir)
-    ranked = blip2.caption_shapes(captioner, [views(4, 1), views(2, 2)], top_k=2,
-                                  max_new_tokens=4, min_new_tokens=2)  # fmt: skip
-    assert len(ranked) == 2
-    for captions in ranked:
-        assert 1 <= len(captions) <= 2 and len(set(captions)) == len(captions) and all(captions)
+def to_pil(images: torch.Tensor) -> list[Image.Image]:
+    return [Image.fromarray((v * 255).round().byte().permute(1, 2, 0).numpy()) for v in images]
 
 
-def test_rank_captions_by_votes_then_score():
-    captions = ["a chair", "a table", "a chair", "", "a lamp", "a table ", "a stool"]
-    scores = [-1.0, -0.5, -3.0, 0.0, -0.1, -0.5, -0.1]
-    # votes: chair 2 (mean -2.0), table 2 (mean -0.5), lamp 1 (-0.1), stool 1 (-0.1, seen later)
+def teacher_forced_mean_logp(captioner, image: torch.Tensor, num_beams: int) -> float:
+    """Generate for one image, then score the result with a plain forward pass."""
+    pixels = (image * 255).round().byte()  # what a PNG of the view holds
+    model, batch = captioner.model, captioner.processor(images=[pixels], return_tensors="pt")
+    with torch.inference_mode():
+        kwargs = dict(max_new_tokens=6, min_new_tokens=1, num_beams=num_beams, do_sample=False)
+        kwargs["suppress_tokens"] = [model.config.image_token_index]  # as blip2 does
+        seq = model.generate(**batch, **kwargs)  # (1, QUERIES + 1 + T)
+        logits = model(pixel_values=batch.pixel_values, input_ids=seq).logits  # (1, L, vocab)
+    start = QUERIES + 1  # after the image tokens and BOS
+    logp = logits[0, start - 1 : -1].log_softmax(-1)  # (T, vocab): predicts seq[start:]
+    token_logp = logp.gather(1, seq[0, start:, None])[:, 0]  # (T,)
+    eos = torch.isin(seq[0, start:], torch.tensor(STOP_IDS)).nonzero()
+    length = int(eos[0]) + 1 if len(eos) else len(token_logp)
+    return token_logp[:length].mean().item()
+
+
+def test_load_captioner_reads_the_local_directory_frozen(captioner):
+    assert isinstance(captioner.model, Blip2ForConditionalGeneration)
+    assert not captioner.model.training
+    assert not any(p.requires_grad for p in captioner.model.parameters())
+    assert captioner.processor.num_query_tokens == QUERIES
+    assert captioner.dtype == torch.float32 and captioner.device == torch.device("cpu")
+
+
+def test_missing_or_empty_directory_is_named(tmp_path):
+    absent = tmp_path / "absent"
+    for arg in (absent, str(absent)):
+        with pytest.raises(FileNotFoundError, match=re.escape(str(absent))):
+            blip2.load_captioner(arg)
+    with pytest.raises(FileNotFoundError, match=re.escape(f"{tmp_path} has no config.json")):
+        blip2.load_captioner(tmp_path)
+
+
+def test_hub_id_passes_through_unchanged(tiny_dir):
+    hub_id = "Salesforce/blip2-opt-2.7b"
+    assert blip2._resolve_source(hub_id, None) == (hub_id, False)
+    assert blip2._resolve_source(tiny_dir, None) == (str(tiny_dir), True)
+
+
+def test_one_caption_string_per_image(captioner):
+    captions = blip2.caption_images(captioner, views(6), max_new_tokens=6)
+    assert len(captions) == 6
+    assert all(isinstance(c, str) and c == c.strip() and c for c in captions)
+    assert all(set(c.split()) <= set(WORDS) for c in captions)
+    assert len(set(captions)) > 1  # the images matter
+    assert blip2.caption_images(captioner, views(6), max_new_tokens=6, batch_size=4) == captions
+
+
+def test_captions_are_deterministic(captioner, tiny_dir):
+    reloaded = blip2.load_captioner(tiny_dir)
+    runs = [blip2.caption_images(c, views(4, seed=3), max_new_tokens=6) for c in (captioner,) * 2]
+    runs.append(blip2.caption_images(reloaded, views(4, seed=3), max_new_tokens=6))
+    assert runs[0] == runs[1] == runs[2]
+
+
+def test_bfloat16_as_in_the_paper_profile(tiny_dir):
+    captioner = blip2.load_captioner(tiny_dir, dtype=torch.bfloat16)
+    assert captioner.model.language_model.dtype == torch.bfloat16
+    captions = blip2.caption_images(captioner, views(3), max_new_tokens=4)
+    assert len(captions) == 3 and all(isinstance(c, str) for c in captions)
+
+
+def test_float_tensor_and_pil_inputs_agree(captioner):
+    images = views(5, seed=1)
+    from_tensor = blip2.caption_images(captioner, images, max_new_tokens=6)
+    assert blip2.caption_images(captioner, to_pil(images), max_new_tokens=6) == from_tensor
+    assert blip2.caption_images(captioner, list(images), max_new_tokens=6) == from_tensor
+
+
+def test_prompt_is_not_part_of_the_caption(captioner):
+    captions = blip2.caption_images(captioner, views(3), prompt="a photo of", max_new_tokens=2)
+    assert len(captions) == 3 and all(1 <= len(c.split()) <= 2 for c in captions)
+
+
+def test_bad_image_shape_is_rejected(captioner):
+    with pytest.raises(ValueError, match=r"\(V, 3, H, W\)"):
+        blip2.caption_images(captioner, torch.rand(2, 1, 32, 32))
+
+
+@pytest.mark.parametrize("num_beams", [1, 3])
+def test_score_is_the_mean_token_log_likelihood(captioner, num_beams):
+    images = views(3, seed=2)
+    kwargs = dict(max_new_tokens=6, min_new_tokens=1, num_beams=num_beams)
+    _, batched = blip2._caption_batch(captioner, list(images), None, kwargs)
+    expected = [teacher_forced_mean_logp(captioner, image, num_beams) for image in images]
+    torch.testing.assert_close(batched, torch.tensor(expected), atol=1e-4, rtol=0)
+
+
+def test_top_k_captions_per_shape(captioner):
+    shapes = [views(5, seed=1), views(2, seed=2), views(4, seed=3)]
+    ranked = blip2.caption_shapes(captioner, shapes, top_k=2, max_new_tokens=6, batch_size=3)
+    assert len(ranked) == 3
+    for shape, captions in zip(shapes, ranked, strict=True):
+        per_view = blip2.caption_images(captioner, shape, max_new_tokens=6)
+        assert 1 <= len(captions) <= 2 and len(set(captions)) == len(captions)
+        assert all(c and c in per_view for c in captions)
+    everything = blip2.caption_shapes(captioner, shapes, top_k=10, max_new_tokens=6, progress=False)
+    for shape, captions in zip(shapes, everything, strict=True):
+        assert set(captions) == set(blip2.caption_images(captioner, shape, max_new_tokens=6))
+
+
+def test_rank_captions_by_votes_then_mean_score():
+    captions = ["a chair", "a table", " a  chair ", "", "a lamp", "a table", "a stool"]
+    scores = [-0.4, -0.5, -3.0, 0.0, -0.2, -1.5, -0.2]
+    # chair: 2 views, mean -1.7 (best single -0.4); table: 2 views, mean -1.0;
+    # lamp and stool: 1 view each, -0.2, lamp seen first; "" is dropped
     assert blip2.rank_captions(captions, scores, 3) == ["a table", "a chair", "a lamp"]
-    assert blip2.rank_captions(captions, scores, 10)[-1] == "a stool"
+    assert blip2.rank_captions(captions, scores, 10) == ["a table", "a chair", "a lamp", "a stool"]
     assert blip2.rank_captions(["", " "], [0.0, 0.0], 2) == []
-
-
-def test_missing_directory_is_named(tmp_path):
-    with pytest.raises(FileNotFoundError, match=str(tmp_path / "absent")):
-        blip2.load_captioner(tmp_path / "absent")
+    with pytest.raises(ValueError, match="top_k"):
+        blip2.rank_captions(captions, scores, 0)
+    with pytest.raises(ValueError):
+        blip2.rank_captions(captions, scores[:-1], 2)
 
 
 def test_data_prep_selects_blip2(tiny_dir, tmp_path):
-    from test_prep import tiny_config
+    from test_prep import tiny_config as prep_config
 
     from mmpd_core.data import prep
 
-    cfg = tiny_config(tmp_path, captioner="blip2", blip2_model=str(tiny_dir))  # offline dir
+    cfg = prep_config(tmp_path, captioner="blip2", blip2_model=str(tiny_dir))  # offline dir
     manifest = prep.prepare(cfg)
     texts = prep.json.loads(prep.resolve(manifest["captions"]).read_text())
     assert len(texts) == 40 and all(1 <= len(v) <= 2 for v in texts.values())

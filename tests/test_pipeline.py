@@ -54,6 +54,13 @@ def test_dvc_repro_runs_every_stage_then_nothing(smoke_repo):
     assert manifest["config"]["pretrain_train_per_class"] == 2  # the smoke size
     assert manifest["counts"]["fewshot_folds"] == 2 and manifest["files"] > 100
     assert (smoke_repo / "reports/figures/renders_contact_sheet.png").stat().st_size > 1000
+    cache = json.loads((smoke_repo / "data/teacher_cache/manifest.json").read_text())
+    assert set(cache["teachers"]) == {"minilm", "effnet_lite0", "effnet_lite2"}
+    stage1 = json.loads((smoke_repo / "reports/dvclive/pretrain_stage1/metrics.json").read_text())
+    assert stage1["train"]["loss"] > 0 and "retrieval_top1_minilm" in stage1["eval"]
+    zeroshot = json.loads((smoke_repo / "reports/dvclive/zeroshot/metrics.json").read_text())
+    assert 0 <= zeroshot["top1"] <= zeroshot["top5"] <= 1 and zeroshot["chance_top1"] == 0.05
+    assert "chance" in (smoke_repo / "reports/tables/table2_zeroshot.md").read_text()
     metrics = json.loads((smoke_repo / "reports/dvclive/models/metrics.json").read_text())
     assert metrics["point_mae_tiny"]["params_M"] > 1.0
     table = (smoke_repo / "reports/tables/models.md").read_text()

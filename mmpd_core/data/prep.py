@@ -165,10 +165,12 @@ def _category_index(name: str) -> tuple[str, int]:
 def write_renders(cfg, root_shapenet: Path, renders: Path, names, attributes, batch=32):
     """Render every shape from ``render_views`` azimuths into RGB and 16-bit depth PNGs."""
     degrees = [round(360 * v / cfg.render_views) for v in range(cfg.render_views)]
+    device = "cuda" if torch.cuda.is_available() else "cpu"
     for start in tqdm(range(0, len(names), batch), desc="render"):
         chunk = names[start : start + batch]
+        surfaces = _surfaces(cfg, root_shapenet, chunk, attributes)
         rgb, depth = render.render_views(
-            *_surfaces(cfg, root_shapenet, chunk, attributes),
+            *(None if t is None else t.to(device) for t in surfaces),
             num_views=cfg.render_views,
             elevation_deg=cfg.render_elevation,
             resolution=cfg.render_resolution,
@@ -177,7 +179,7 @@ def write_renders(cfg, root_shapenet: Path, renders: Path, names, attributes, ba
             for v, deg in enumerate(degrees):
                 rgb_path, depth_path = render_paths(renders, name, deg)
                 rgb_path.parent.mkdir(parents=True, exist_ok=True)
-                render.save_png(rgb[b, v], rgb_path)
+                render.save_png(rgb[b, v], rgb_path)  # both savers move to the CPU
                 render.save_depth_png(depth[b, v], depth_path)
     return degrees
 
@@ -189,13 +191,15 @@ def make_captions(cfg, renders: Path, names, attributes, degrees) -> dict[str, l
 
         device = "cuda" if torch.cuda.is_available() else "cpu"
         captioner = blip2.load_captioner(cfg.blip2_model, device=device)
-        views = [
-            torch.stack([render.load_png(render_paths(renders, n, d)[0]) for d in degrees])
-            for n in names
-        ]  # per shape (V, 3, H, W)
-        ranked = blip2.caption_shapes(
-            captioner, views, top_k=cfg.captions_per_shape, min_new_tokens=3
-        )  # a caption is at least a few words
+        ranked = []
+        for start in range(0, len(names), 64):  # load 64 shapes' views at a time
+            views = [
+                torch.stack([render.load_png(render_paths(renders, n, d)[0]) for d in degrees])
+                for n in names[start : start + 64]
+            ]  # per shape (V, 3, H, W)
+            ranked += blip2.caption_shapes(
+                captioner, views, top_k=cfg.captions_per_shape, min_new_tokens=3
+            )  # a caption is at least a few words
         # a shape whose views all came back empty falls back to its template caption
         return {n: r or _template_captions(cfg, n, {}) for n, r in zip(names, ranked, strict=True)}
     return {name: _template_captions(cfg, name, attributes.get(name) or {}) for name in names}

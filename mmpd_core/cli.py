@@ -1,0 +1,65 @@
+"""Command line: the only place in mmpd_core that parses arguments (the notebooks are the
+other application layer). ``python -m mmpd_core.cli --help``.
+
+- ``zeroshot CLOUD --classes a,b,c``: rank class names for one point cloud (.ply/.npy/.txt)
+  with a Stage-1 model;
+- ``stage1``: Stage-1 pretraining from params.yaml, the entry point for
+  ``torchrun --nproc_per_node N -m mmpd_core.cli stage1`` (DDP).
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+
+def _classes(value: str) -> list[str]:
+    path = Path(value)
+    names = path.read_text().split() if path.is_file() else value.split(",")
+    return [n.strip() for n in names if n.strip()]
+
+
+def zeroshot_command(args) -> None:
+    from mmpd_core import zeroshot
+    from mmpd_core.stage1 import load_stage1
+    from mmpd_core.teachers import build_teacher
+
+    model, ckpt = load_stage1(args.checkpoint_dir)
+    name = zeroshot.text_teacher_name(ckpt["teachers"])
+    teacher = build_teacher(ckpt["teachers"][name])
+    cloud = zeroshot.load_cloud(args.cloud, up=args.up, num_points=args.points)
+    ranked = zeroshot.rank_classes(model, teacher, name, cloud, args.classes, top=args.top)
+    for rank, (label, score) in enumerate(ranked, 1):
+        print(f"{rank}. {label}  ({score:.3f})")
+
+
+def stage1_command(args) -> None:
+    from mmpd_core import config, stage1
+
+    cfg = config.load("pretrain_stage1", smoke=args.smoke)
+    result = stage1.run_stage(cfg, resume=args.resume)
+    print(f"done: {result.final}")
+
+
+def main(argv=None) -> None:
+    parser = argparse.ArgumentParser(prog="python -m mmpd_core.cli", description=__doc__)
+    sub = parser.add_subparsers(dest="command", required=True)
+    zs = sub.add_parser("zeroshot", help="rank class names for a point cloud")
+    zs.add_argument("cloud", help=".ply, .npy or .txt/.xyz point cloud")
+    zs.add_argument("--classes", type=_classes, required=True, help="a,b,c or a file of names")
+    zs.add_argument("--checkpoint-dir", default="runs/stage1", help="a Stage-1 out_dir")
+    zs.add_argument("--up", choices=("y", "z"), default="y", help="the cloud's up axis")
+    zs.add_argument("--top", type=int, default=5)
+    zs.add_argument("--points", type=int, default=1024, help="FPS the cloud down to this many")
+    zs.set_defaults(run=zeroshot_command)
+    s1 = sub.add_parser("stage1", help="Stage-1 pretraining (works under torchrun)")
+    s1.add_argument("--smoke", action="store_true", default=None)
+    s1.add_argument("--resume", action="store_true")
+    s1.set_defaults(run=stage1_command)
+    args = parser.parse_args(argv)
+    args.run(args)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,604 @@
+"""One training loop for every stage (Stage-1 alignment, Stage-2 distillation, fine-tuning).
+
+A stage supplies ``step_fn(model, batch, generator) -> (loss, metrics)``, the loss of one
+micro-batch; ``train`` does the rest: seeded data order, AdamW with a warmup + cosine schedule,
+gradient accumulation and clipping, bf16 autocast, DDP under ``torchrun``, a tqdm bar and
+dvclive metrics on rank 0, an atomic checkpoint every epoch and an exact resume.
+
+Reproducibility. Every epoch re-seeds torch / numpy / random from (seed, epoch, rank) (dropout,
+drop-path, DataLoader worker seeds); the sampler shuffles with (seed, epoch); ``step_fn`` gets a
+CPU ``torch.Generator`` seeded from (seed, epoch, micro-step, rank) — draw on CPU, then move
+(the project's convention); the checkpoint restores weights, optimizer, schedule and torch RNG
+states. So a run killed during epoch k+1 and resumed with the same config ends with
+bit-identical weights and history (on CPU; CUDA kernels may be nondeterministic).
+
+Checkpoints, in ``cfg.out_dir``, after epoch ``e`` (0-based), the older pair then deleted::
+
+    epoch-000e.safetensors   unwrapped model weights (checkpoint.save_checkpoint); metadata:
+                             config = checkpoint_config (default: model.config.to_dict()),
+                             extra = {"epoch", "train_config", "metrics"}, git SHA
+    epoch-000e.state.pt      torch.save of plain data and tensors only (weights_only=True):
+                             epoch, world_size, steps_per_epoch, config, optimizer, scheduler,
+                             rng {"torch", "cuda"}, history
+
+The weights are written before the state file and old pairs are deleted after both, so the
+newest state file always names a complete checkpoint (``latest_checkpoint``).
+
+Distributed. Under ``torchrun`` (WORLD_SIZE > 1) the process group is initialised (NCCL on
+CUDA, gloo on CPU), BatchNorm becomes SyncBatchNorm (with a CPU path for gloo), the model is
+wrapped in DDP and each rank takes ``batch_size // world_size`` samples of every global batch
+(``DistributedSampler``). DDP averages gradients over ranks, so training equals a 1-process
+run with the same global batch when ``step_fn``'s loss is a mean over the samples of its
+micro-batch (cross-entropy, MSE, Chamfer averaged per cloud) and it draws nothing at random
+(its generator and dropout differ per rank) — up to rounding, which max-pooling near-ties
+can amplify in float32 (tests/ddp_worker.py). Batch-coupled losses (InfoNCE over in-batch
+negatives) see only the local batch unless ``step_fn`` gathers features. Checkpoints and
+``out_dir`` must be on a file system every rank reads; only rank 0 writes.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import io
+import math
+import os
+import random
+import sys
+import time
+from contextlib import nullcontext
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.distributed as dist
+from dvclive import Live
+from torch import nn
+from torch.nn.parallel import DistributedDataParallel
+from torch.utils.data import DataLoader, DistributedSampler
+from tqdm.auto import tqdm
+
+from mmpd_core.checkpoint import atomic_write_bytes, load_checkpoint, save_checkpoint, unwrap
+from mmpd_core.profiling import autocast_context
+
+AMP_DTYPES = {"none": None, "bf16": torch.bfloat16}
+# No weight decay for parameters whose own name (the last dotted part) contains one of these:
+# cls/mask tokens, learned positions (cls_pos, a pos_embed Parameter), CLIP temperatures.
+# Matching the whole dotted name would also exempt ``tokenizer.*`` and the ``pos_embed.N``
+# MLP, which upstream Point-MAE decays.
+NO_DECAY_KEYWORDS = ("token", "pos", "logit_scale")
+# Fields that may change between a run and its resume without changing the trajectory.
+RESUME_FREE_FIELDS = ("num_workers", "out_dir", "live_dir", "eval_every")
+_EPOCH_SEED, _STEP_SEED = 0, 1  # domain tags of derive_seed
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    """Run shape of one training stage. Effective batch = ``batch_size * accumulation``."""
+
+    epochs: int
+    batch_size: int  # GLOBAL micro-batch, split evenly over DDP ranks
+    lr: float  # peak learning rate (of groups without their own "lr")
+    weight_decay: float
+    warmup_epochs: int  # linear warmup, then cosine to min_lr over the remaining epochs
+    min_lr: float
+    grad_clip: float  # max global grad norm; 0 = off
+    accumulation: int  # micro-batches per optimizer step (1 = off)
+    amp: str  # "none" | "bf16" (autocast on the training device, CPU included)
+    seed: int
+    num_workers: int
+    out_dir: str  # checkpoints
+    live_dir: str  # dvclive directory of the stage
+    eval_every: int  # epochs between eval_fn calls; 0 = only after the last epoch
+    drop_last: bool = True
+
+    def __post_init__(self):
+        if self.amp not in AMP_DTYPES:
+            raise ValueError(f"amp must be one of {sorted(AMP_DTYPES)}, got {self.amp!r}")
+        if min(self.epochs, self.batch_size, self.accumulation) < 1:
+            raise ValueError("epochs, batch_size and accumulation must be >= 1")
+        if not 0 <= self.warmup_epochs <= self.epochs:
+            raise ValueError(f"warmup_epochs must lie in [0, epochs], got {self.warmup_epochs}")
+        if self.lr <= 0 or not 0 <= self.min_lr <= self.lr:
+            raise ValueError(f"need 0 <= min_lr <= lr and lr > 0, got {self.min_lr}, {self.lr}")
+
+
+@dataclass
+class TrainResult:
+    """What ``train`` returns; ``history`` holds one dict per epoch (resumed epochs included)."""
+
+    history: list[dict]
+    final: dict  # the last epoch's record (train means, lr, timing, eval metrics)
+    checkpoint: Path  # weights of the last epoch
+    wall_time_s: float  # of this call
+    steps_per_s: float  # optimizer steps of this call per second
+    peak_memory_mb: float  # CUDA max allocated, else the process's peak resident set
+
+
+class NonFiniteLossError(RuntimeError):
+    """The loss or gradient norm became NaN/Inf; the last good checkpoint is left untouched."""
+
+
+# ---------------------------------------------------------------------------- distributed
+
+
+@dataclass(frozen=True)
+class WorldInfo:
+    rank: int
+    world_size: int
+    local_rank: int
+
+    @property
+    def distributed(self) -> bool:
+        return self.world_size > 1
+
+    @property
+    def is_main(self) -> bool:
+        return self.rank == 0
+
+
+def world_info() -> WorldInfo:
+    """Rank, world size and local rank from torchrun's environment (0, 1, 0 without it)."""
+    env = os.environ
+    return WorldInfo(
+        int(env.get("RANK", 0)), int(env.get("WORLD_SIZE", 1)), int(env.get("LOCAL_RANK", 0))
+    )
+
+
+def is_main_process() -> bool:
+    """True on rank 0 (and in single-process runs): the rank that logs and writes files."""
+    return world_info().is_main
+
+
+def setup_distributed(world: WorldInfo) -> torch.device:
+    """Join the process group when launched with WORLD_SIZE > 1; return this rank's device."""
+    cuda = torch.cuda.is_available()
+    if world.distributed and not dist.is_initialized():
+        dist.init_process_group("nccl" if cuda else "gloo")
+    if not cuda:
+        return torch.device("cpu")
+    torch.cuda.set_device(world.local_rank)
+    return torch.device("cuda", world.local_rank)
+
+
+class _AllReduceSum(torch.autograd.Function):
+    """Sum over ranks; each rank's input gets the sum of every rank's output gradient."""
+
+    @staticmethod
+    def forward(ctx, x: torch.Tensor) -> torch.Tensor:
+        x = x.clone()
+        dist.all_reduce(x)
+        return x
+
+    @staticmethod
+    def backward(ctx, grad: torch.Tensor) -> torch.Tensor:
+        grad = grad.clone()
+        dist.all_reduce(grad)
+        return grad
+
+
+class GlooSyncBatchNorm(nn.modules.batchnorm._BatchNorm):
+    """BatchNorm synchronised over CPU (gloo) ranks; torch's SyncBatchNorm is GPU-only.
+
+    In training mode under a process group, mean and biased variance are taken over the
+    global batch with autograd-aware all-reduces, so forward and backward match one BatchNorm
+    over the concatenated batch. Otherwise it is a plain BatchNorm over any (N, C, ...) input.
+    """
+
+    def _check_input_dim(self, x: torch.Tensor) -> None:
+        if x.dim() < 2:
+            raise ValueError(f"expected an (N, C, ...) input, got {x.dim()}D")
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if not (self.training and dist.is_initialized() and dist.get_world_size() > 1):
+            return super().forward(x)
+        dims, shape = [0, *range(2, x.dim())], [1, -1] + [1] * (x.dim() - 2)  # (1, C, 1, ...)
+        count = torch.tensor(float(x.numel() // x.shape[1]))
+        dist.all_reduce(count)
+        mean = _AllReduceSum.apply(x.sum(dims)) / count  # (C,)
+        var = _AllReduceSum.apply(((x - mean.view(shape)) ** 2).sum(dims)) / count  # (C,)
+        if self.track_running_stats:
+            with torch.no_grad():
+                self.num_batches_tracked.add_(1)
+                n = self.num_batches_tracked.item()
+                m = 1.0 / n if self.momentum is None else self.momentum
+                self.running_mean.mul_(1 - m).add_(mean, alpha=m)
+                self.running_var.mul_(1 - m).add_(var * count / (count - 1), alpha=m)
+        out = (x - mean.view(shape)) * torch.rsqrt(var.view(shape) + self.eps)
+        return out * self.weight.view(shape) + self.bias.view(shape) if self.affine else out
+
+
+def convert_sync_batchnorm(model: nn.Module, device: torch.device) -> nn.Module:
+    """Every BatchNorm*d -> SyncBatchNorm (GlooSyncBatchNorm on CPU), sharing its tensors."""
+    if device.type != "cpu":
+        return nn.SyncBatchNorm.convert_sync_batchnorm(model)
+    if isinstance(model, nn.modules.batchnorm._BatchNorm):
+        sync = GlooSyncBatchNorm(
+            model.num_features, model.eps, model.momentum, model.affine, model.track_running_stats
+        )
+        for name in ("weight", "bias", "running_mean", "running_var", "num_batches_tracked"):
+            setattr(sync, name, getattr(model, name))
+        return sync.train(model.training)
+    for name, child in model.named_children():
+        model.add_module(name, convert_sync_batchnorm(child, device))
+    return model
+
+
+def _mean_over_ranks(values: dict[str, float]) -> dict[str, float]:
+    """Average each value over ranks (every rank must hold the same keys)."""
+    if not (dist.is_initialized() and dist.get_world_size() > 1):
+        return values
+    keys = sorted(values)
+    total = torch.tensor([values[k] for k in keys], dtype=torch.float64, device=_comm_device())
+    dist.all_reduce(total)
+    return dict(zip(keys, (total / dist.get_world_size()).tolist(), strict=True))
+
+
+def _all_ranks(flag: bool) -> bool:
+    """True when ``flag`` holds on every rank (one all-reduce when distributed)."""
+    if not (dist.is_initialized() and dist.get_world_size() > 1):
+        return flag
+    value = torch.tensor(int(flag), device=_comm_device())
+    dist.all_reduce(value, op=dist.ReduceOp.MIN)
+    return bool(value.item())
+
+
+def _comm_device() -> torch.device:
+    return torch.device("cuda") if dist.get_backend() == "nccl" else torch.device("cpu")
+
+
+# ---------------------------------------------------------------------------- optimisation
+
+
+def no_weight_decay(name: str, param: torch.Tensor) -> bool:
+    """True for biases, norm weights, every <=1-D tensor and NO_DECAY_KEYWORDS parameters."""
+    leaf = name.rsplit(".", 1)[-1]  # "cls_token", not "tokenizer.first_conv.0.weight"
+    return param.ndim <= 1 or leaf == "bias" or any(k in leaf for k in NO_DECAY_KEYWORDS)
+
+
+def parameter_groups(model: nn.Module, weight_decay: float) -> list[dict]:
+    """AdamW groups ``decay`` / ``no_decay`` of the trainable parameters (frozen ones left out)."""
+    groups = {"decay": [], "no_decay": []}
+    for name, param in unwrap(model).named_parameters():
+        if param.requires_grad:
+            groups["no_decay" if no_weight_decay(name, param) else "decay"].append(param)
+    decays = {"decay": weight_decay, "no_decay": 0.0}
+    return [{"name": k, "params": v, "weight_decay": decays[k]} for k, v in groups.items() if v]
+
+
+def warmup_cosine(step: int, *, warmup_steps: int, total_steps: int, min_ratio: float) -> float:
+    """LR factor of optimizer step ``step``: linear to 1 over the warmup, then cosine to
+    ``min_ratio`` at ``total_steps``."""
+    if step < warmup_steps:
+        return (step + 1) / warmup_steps
+    progress = min(1.0, (step - warmup_steps) / max(1, total_steps - warmup_steps))
+    return min_ratio + (1.0 - min_ratio) * 0.5 * (1.0 + math.cos(math.pi * progress))
+
+
+def build_optimizer(param_groups: list[dict], cfg: TrainConfig, steps_per_epoch: int):
+    """AdamW + a per-step ``LambdaLR`` of ``warmup_cosine``.
+
+    The closed-form factor keeps the schedule exact on resume (only ``last_epoch`` is state)
+    and scales every group's own lr, so a group's floor is its lr * min_lr / lr.
+    """
+    optimizer = torch.optim.AdamW(param_groups, lr=cfg.lr, weight_decay=cfg.weight_decay)
+    warmup, total = cfg.warmup_epochs * steps_per_epoch, cfg.epochs * steps_per_epoch
+    ratio = cfg.min_lr / cfg.lr
+    scheduler = torch.optim.lr_scheduler.LambdaLR(
+        optimizer,
+        lambda step: warmup_cosine(step, warmup_steps=warmup, total_steps=total, min_ratio=ratio),
+    )
+    return optimizer, scheduler
+
+
+# ---------------------------------------------------------------------------- seeds and data
+
+
+def derive_seed(*parts: int) -> int:
+    """A well-mixed 63-bit seed from integers (numpy's SeedSequence)."""
+    state = np.random.SeedSequence([int(p) for p in parts]).generate_state(2, np.uint32)
+    return (int(state[0]) << 31 | int(state[1])) % 2**63
+
+
+def seed_everything(seed: int) -> None:
+    """Seed torch (CPU and CUDA), numpy's legacy global RNG and random."""
+    torch.manual_seed(seed)
+    np.random.seed(seed % 2**32)  # noqa: NPY002 (the global state third-party code draws from)
+    random.seed(seed)
+
+
+def build_loader(dataset, cfg: TrainConfig, world: WorldInfo, collate_fn=None) -> DataLoader:
+    """Shuffled by (seed, epoch) via ``DistributedSampler``; batch_size // world_size per rank."""
+    if cfg.batch_size % world.world_size:
+        raise ValueError(
+            f"batch_size {cfg.batch_size} is not divisible by {world.world_size} ranks"
+        )
+    sampler = DistributedSampler(
+        dataset, world.world_size, world.rank, shuffle=True, seed=cfg.seed, drop_last=cfg.drop_last
+    )
+    return DataLoader(
+        dataset,
+        batch_size=cfg.batch_size // world.world_size,
+        sampler=sampler,
+        num_workers=cfg.num_workers,
+        collate_fn=collate_fn,
+        drop_last=cfg.drop_last,
+        pin_memory=torch.cuda.is_available(),
+    )
+
+
+def to_device(batch, device: torch.device):
+    """Move every tensor of a (nested) dict / list / tuple batch; other values pass through."""
+    if isinstance(batch, torch.Tensor):
+        return batch.to(device, non_blocking=True)
+    if isinstance(batch, dict):
+        return {k: to_device(v, device) for k, v in batch.items()}
+    if isinstance(batch, list | tuple):
+        return type(batch)(to_device(v, device) for v in batch)
+    return batch
+
+
+# ---------------------------------------------------------------------------- checkpoints
+
+
+@dataclass
+class _Run:
+    """What ``train`` sets up once: device, (wrapped) model, data, optimizer, restored state."""
+
+    world: WorldInfo
+    device: torch.device
+    module: nn.Module  # unwrapped
+    model: nn.Module  # DDP-wrapped when distributed
+    loader: DataLoader
+    optimizer: torch.optim.Optimizer
+    scheduler: torch.optim.lr_scheduler.LRScheduler
+    steps: int  # optimizer steps per epoch
+    history: list[dict]
+    last: Path | None  # weights of the last complete checkpoint
+
+    @property
+    def info(self) -> dict:
+        """Run facts stored with the training state and checked on resume."""
+        return {"world_size": self.world.world_size, "steps_per_epoch": self.steps}
+
+
+def checkpoint_paths(out_dir: str | Path, epoch: int) -> tuple[Path, Path]:
+    """(weights, training state) of the checkpoint written after 0-based ``epoch``."""
+    stem = f"epoch-{epoch:04d}"
+    return Path(out_dir) / f"{stem}.safetensors", Path(out_dir) / f"{stem}.state.pt"
+
+
+def _epoch_of(path: Path) -> int:
+    return int(path.name.split(".")[0].removeprefix("epoch-"))
+
+
+def latest_checkpoint(out_dir: str | Path) -> tuple[Path, Path] | None:
+    """(weights, state) of the newest complete checkpoint in ``out_dir``, or None."""
+    for state in sorted(Path(out_dir).glob("epoch-[0-9]*.state.pt"), key=_epoch_of, reverse=True):
+        weights, _ = checkpoint_paths(out_dir, _epoch_of(state))
+        if weights.is_file():
+            return weights, state
+    return None
+
+
+def _remove_checkpoints(out_dir: str | Path, keep: int | None = None) -> None:
+    for path in Path(out_dir).glob("epoch-[0-9]*"):
+        if _epoch_of(path) != keep:
+            path.unlink(missing_ok=True)
+
+
+def _save(run: _Run, cfg: TrainConfig, ckpt_config: dict) -> Path:
+    """Write the checkpoint of the run's last epoch, then delete the older ones."""
+    epoch = run.history[-1]["epoch"]
+    weights, state_path = checkpoint_paths(cfg.out_dir, epoch)
+    extra = {"epoch": epoch, "train_config": dataclasses.asdict(cfg), "metrics": run.history[-1]}
+    save_checkpoint(weights, run.module, config=ckpt_config, extra=extra)
+    cuda_rng = torch.cuda.get_rng_state_all() if torch.cuda.is_available() else []
+    state = {
+        **run.info,  # world_size, steps_per_epoch
+        "epoch": epoch,
+        "config": dataclasses.asdict(cfg),
+        "optimizer": run.optimizer.state_dict(),
+        "scheduler": run.scheduler.state_dict(),
+        "rng": {"torch": torch.get_rng_state(), "cuda": cuda_rng},
+        "history": run.history,
+    }
+    buffer = io.BytesIO()
+    torch.save(state, buffer)
+    atomic_write_bytes(state_path, buffer.getvalue())
+    _remove_checkpoints(cfg.out_dir, keep=epoch)
+    return weights
+
+
+def _restore(paths: tuple[Path, Path], run: _Run, cfg: TrainConfig) -> list[dict]:
+    """Load a checkpoint written by ``_save`` into the run; returns its history."""
+    weights, state_path = paths
+    state = torch.load(state_path, map_location="cpu", weights_only=True)
+    now = {**dataclasses.asdict(cfg), **run.info}
+    saved = {**state["config"], **{k: state[k] for k in run.info}}
+    diff = [k for k in now if k not in RESUME_FREE_FIELDS and saved.get(k) != now[k]]
+    if diff:
+        details = ", ".join(f"{k}: saved {saved.get(k)!r} vs {now[k]!r}" for k in diff)
+        raise ValueError(f"{state_path}: cannot resume, the run differs ({details})")
+    run.module.load_state_dict(load_checkpoint(weights)[0], strict=True)
+    run.optimizer.load_state_dict(state["optimizer"])
+    run.scheduler.load_state_dict(state["scheduler"])
+    torch.set_rng_state(state["rng"]["torch"])
+    if torch.cuda.is_available() and state["rng"]["cuda"]:
+        torch.cuda.set_rng_state_all(state["rng"]["cuda"])
+    return state["history"]
+
+
+def _default_checkpoint_config(module: nn.Module) -> dict:
+    config = getattr(module, "config", None)
+    return config.to_dict() if hasattr(config, "to_dict") else {}
+
+
+def peak_memory_mb(device: torch.device) -> float:
+    """CUDA max allocated on ``device``, else this process's peak resident set size."""
+    if device.type == "cuda":
+        return torch.cuda.max_memory_allocated(device) / 2**20
+    import resource
+
+    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss  # KiB on Linux, bytes on macOS
+    return peak / (2**20 if sys.platform == "darwin" else 2**10)
+
+
+# ---------------------------------------------------------------------------- the loop
+
+
+def train(
+    model: nn.Module,
+    step_fn,
+    dataset,
+    cfg: TrainConfig,
+    *,
+    eval_fn=None,
+    collate_fn=None,
+    resume: bool = False,
+    param_groups: list[dict] | None = None,
+    checkpoint_config: dict | None = None,
+) -> TrainResult:
+    """Train ``model`` (in place, moved to the device) for ``cfg.epochs`` epochs of ``step_fn``.
+
+    ``step_fn(model, batch, generator) -> (loss, {name: float})`` gets the (DDP-wrapped)
+    model, a batch on the device and a seeded CPU generator; it returns the same metric names
+    every step; the loss is divided by ``cfg.accumulation`` here. ``eval_fn(module, epoch) ->
+    {name: number}`` runs on rank 0 only, on the unwrapped module in eval mode under
+    ``no_grad``, every ``cfg.eval_every`` epochs and after the last; it must not use
+    collectives. ``param_groups`` (AdamW groups over the model's parameters) replace the
+    default ``parameter_groups`` decay rule. ``checkpoint_config`` is stored as the weights'
+    config (default: ``model.config.to_dict()`` when the model has one, else ``{}``).
+    ``resume=True`` continues from ``latest_checkpoint(cfg.out_dir)`` (a fresh start when
+    there is none); ``resume=False`` deletes earlier ``epoch-*`` checkpoints there. Under DDP
+    the BatchNorm layers of ``model`` are replaced by synchronised ones (same state dict); the
+    caller destroys the process group when done.
+    """
+    start = time.perf_counter()
+    run = _prepare(model, dataset, cfg, collate_fn, param_groups, resume)
+    world, history = run.world, run.history
+    if checkpoint_config is None:
+        checkpoint_config = _default_checkpoint_config(run.module)
+    live = None
+    if world.is_main:
+        live = Live(dir=cfg.live_dir, dvcyaml=None, save_dvc_exp=False, resume=resume)
+    first = len(history)
+    try:
+        for epoch in range(first, cfg.epochs):
+            seed_everything(derive_seed(cfg.seed, _EPOCH_SEED, epoch, world.rank))
+            run.loader.sampler.set_epoch(epoch)
+            if hasattr(dataset, "set_epoch"):
+                dataset.set_epoch(epoch)
+            tick = time.perf_counter()
+            record = _run_epoch(run, step_fn, cfg, epoch)
+            seconds = time.perf_counter() - tick
+            record["time/epoch_s"] = seconds
+            record["time/samples_per_s"] = run.steps * cfg.accumulation * cfg.batch_size / seconds
+            due = epoch == cfg.epochs - 1 or (cfg.eval_every and (epoch + 1) % cfg.eval_every == 0)
+            if eval_fn is not None and due and world.is_main:
+                record.update(_evaluate(eval_fn, run.module, epoch))
+            history.append(record)
+            run.last = checkpoint_paths(cfg.out_dir, epoch)[0]
+            if world.is_main:
+                _save(run, cfg, checkpoint_config)
+                _log_epoch(live, record)
+    finally:
+        if live is not None:
+            live.end()
+    if world.distributed:
+        dist.barrier()  # rank 0 has written the last checkpoint
+    wall = time.perf_counter() - start
+    return TrainResult(
+        history=history,
+        final=dict(history[-1]),
+        checkpoint=run.last,
+        wall_time_s=wall,
+        steps_per_s=(cfg.epochs - first) * run.steps / wall,
+        peak_memory_mb=peak_memory_mb(run.device),
+    )
+
+
+def _prepare(model, dataset, cfg, collate_fn, param_groups, resume) -> _Run:
+    """Device and process group, SyncBatchNorm, loader, optimizer, resume, then DDP."""
+    world = world_info()
+    device = setup_distributed(world)
+    module = model.to(device)
+    if world.distributed:
+        module = convert_sync_batchnorm(module, device)
+    if device.type == "cuda":
+        torch.cuda.reset_peak_memory_stats(device)
+    loader = build_loader(dataset, cfg, world, collate_fn)
+    steps = len(loader) // cfg.accumulation
+    if steps == 0:
+        raise ValueError(f"{len(dataset)} samples give no optimizer step of {cfg.batch_size}")
+    groups = param_groups or parameter_groups(module, cfg.weight_decay)
+    optimizer, scheduler = build_optimizer(groups, cfg, steps)
+    run = _Run(world, device, module, module, loader, optimizer, scheduler, steps, [], None)
+    found = latest_checkpoint(cfg.out_dir) if resume else None
+    if found:
+        run.history, run.last = _restore(found, run, cfg), found[0]
+    elif not resume and world.is_main:
+        _remove_checkpoints(cfg.out_dir)
+    if world.distributed:
+        kwargs = {"device_ids": [device.index]} if device.type == "cuda" else {}
+        run.model = DistributedDataParallel(module, **kwargs)
+    return run
+
+
+def _evaluate(eval_fn, module: nn.Module, epoch: int) -> dict[str, float]:
+    """``eval_fn`` on the unwrapped module in eval mode without gradients; keys ``eval/...``."""
+    module.eval()
+    with torch.no_grad():
+        return {f"eval/{k}": float(v) for k, v in eval_fn(module, epoch).items()}
+
+
+def _run_epoch(run: _Run, step_fn, cfg: TrainConfig, epoch: int) -> dict:
+    """One epoch of optimizer steps; the record of per-epoch means (averaged over ranks)."""
+    model, optimizer, world, accum = run.model, run.optimizer, run.world, cfg.accumulation
+    model.train()
+    optimizer.zero_grad(set_to_none=True)
+    sums, count, norms = {}, 0, []
+    batches = iter(run.loader)
+    bar = tqdm(total=run.steps, desc=f"epoch {epoch}", leave=False, disable=not world.is_main)
+    for step in range(run.steps):
+        finite = True
+        for micro in range(accum):
+            batch = to_device(next(batches), run.device)
+            seed = derive_seed(cfg.seed, _STEP_SEED, epoch, step * accum + micro, world.rank)
+            generator = torch.Generator().manual_seed(seed)
+            skip_sync = world.distributed and micro < accum - 1
+            with model.no_sync() if skip_sync else nullcontext():
+                with autocast_context(run.device, AMP_DTYPES[cfg.amp]):
+                    loss, metrics = step_fn(model, batch, generator)
+                (loss / accum).backward()
+            value = loss.item()
+            finite = finite and math.isfinite(value)
+            for name, number in {"loss": value, **metrics}.items():
+                sums[name] = sums.get(name, 0.0) + float(number)
+            count += 1
+        norm = nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip or math.inf).item()
+        if not _all_ranks(finite and math.isfinite(norm)):
+            raise NonFiniteLossError(
+                f"non-finite loss ({value}) or grad norm ({norm}) at epoch {epoch}, step {step}; "
+                f"the last good checkpoint is {run.last or 'none (no epoch finished)'}"
+            )
+        lr = optimizer.param_groups[0]["lr"]
+        optimizer.step()
+        run.scheduler.step()
+        optimizer.zero_grad(set_to_none=True)
+        norms.append(norm)
+        bar.update()
+        bar.set_postfix(loss=f"{value:.4f}", lr=f"{lr:.2e}")
+    bar.close()
+    means = {f"train/{k}": v / count for k, v in sums.items()}
+    means["train/grad_norm"] = sum(norms) / len(norms)
+    return {"epoch": epoch, "lr": lr, **_mean_over_ranks(means)}
+
+
+def _log_epoch(live: Live, record: dict) -> None:
+    """One dvclive step per epoch (step = epoch, also after a resume)."""
+    live.step = record["epoch"]
+    for name, value in record.items():
+        if name != "epoch":
+            live.log_metric(name, value)
+    live.next_step()

@@ -1,0 +1,168 @@
+"""Stage-1: multi-teacher multimodal alignment (paper Section 4.1, Eq. (1)-(3)).
+
+The point encoder's global feature (concat of cls and max-pooled tokens) goes through one
+projection head per teacher into that teacher's embedding space; Eq. (3) sums a symmetric
+InfoNCE term per teacher (the text teacher and every image teacher), each with its own
+learnable temperature. Targets come from the teacher cache (or online teachers).
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import torch
+import torch.distributed as dist
+import torch.distributed.nn.functional as dist_nn
+import torch.nn.functional as F
+from torch import nn
+
+from mmpd_core import engine
+from mmpd_core.checkpoint import load_checkpoint, save_checkpoint
+from mmpd_core.config import Stage1Stage, resolve
+from mmpd_core.data.datasets import ShapeNet55Dataset
+from mmpd_core.losses import LogitScale, stage1_loss
+from mmpd_core.models import ModelConfig, PointTransformer, create_model
+from mmpd_core.teacher_cache import TargetSource, TeacherCache
+
+FINAL = "stage1.safetensors"
+
+
+class Stage1Model(nn.Module):
+    """Point encoder + teacher-specific projection heads + per-teacher temperatures."""
+
+    def __init__(self, encoder: PointTransformer, teacher_dims: dict[str, int]):
+        super().__init__()
+        self.encoder = encoder
+        width = 2 * encoder.config.trans_dim
+        self.heads = nn.ModuleDict({n: nn.Linear(width, d) for n, d in teacher_dims.items()})
+        self.logit_scales = nn.ModuleDict({n: LogitScale() for n in teacher_dims})
+
+    def forward(self, points: torch.Tensor) -> dict[str, torch.Tensor]:
+        """3D embeddings (B, D_t) in each teacher's space."""
+        feature = self.encoder.forward_features(points)["global"]  # (B, 2C)
+        return {name: head(feature) for name, head in self.heads.items()}
+
+    def scales(self) -> dict[str, torch.Tensor]:
+        return {name: scale() for name, scale in self.logit_scales.items()}
+
+
+class Stage1Step:
+    """``step_fn`` for the training engine: Eq. (3) on one batch of clouds."""
+
+    def __init__(self, targets: TargetSource):
+        self.targets = targets
+        self.position = {name: i for i, name in enumerate(targets.names)}
+
+    def indices(self, names) -> torch.Tensor:
+        return torch.tensor([self.position[n] for n in names])
+
+    def __call__(self, model, batch, generator):
+        points = batch["points"]
+        wanted = self.targets.draw(self.indices(batch["name"]), generator)
+        wanted = {k: v.to(points.device) for k, v in wanted.items()}
+        module = getattr(model, "module", model)  # DDP wraps the model
+        feats = model(points)
+        if dist.is_available() and dist.is_initialized():  # negatives from every rank's batch
+            feats = {k: torch.cat(dist_nn.all_gather(v)) for k, v in feats.items()}
+            wanted = {k: torch.cat(dist_nn.all_gather(v)).detach() for k, v in wanted.items()}
+        total, terms = stage1_loss(feats, wanted, module.scales())
+        metrics = {f"loss_{name}": term.item() for name, term in terms.items()}
+        for name, feat in feats.items():
+            metrics[f"batch_top1_{name}"] = _top1(feat.detach(), wanted[name])
+        return total, metrics
+
+
+def _top1(a: torch.Tensor, b: torch.Tensor) -> float:
+    """Fraction of rows of ``a`` whose most similar row of ``b`` (cosine) is its own pair."""
+    sim = F.normalize(a, dim=-1) @ F.normalize(b, dim=-1).T  # (B, B)
+    return (sim.argmax(dim=1) == torch.arange(len(a), device=a.device)).float().mean().item()
+
+
+@torch.no_grad()
+def retrieval_accuracy(model: Stage1Model, loader, targets: TargetSource) -> dict[str, float]:
+    """Held-out 3D -> teacher top-1 retrieval: each shape against every other held-out shape,
+    using view 0 in RGB for image teachers and the first caption for text teachers."""
+    model.eval()
+    feats, wanted = {}, {}
+    for batch in loader:
+        indices = torch.tensor([targets.names.index(n) for n in batch["name"]])
+        out = model(batch["points"])
+        targets_now = targets.fixed(indices)
+        for name in out:
+            feats.setdefault(name, []).append(out[name].cpu())
+            wanted.setdefault(name, []).append(targets_now[name].cpu())
+    return {
+        f"retrieval_top1_{name}": _top1(torch.cat(feats[name]), torch.cat(wanted[name]))
+        for name in feats
+    }
+
+
+def train_config(cfg: Stage1Stage, stage: str = "pretrain_stage1") -> engine.TrainConfig:
+    return engine.TrainConfig(
+        epochs=cfg.epochs,
+        batch_size=cfg.batch_size,
+        lr=cfg.lr,
+        weight_decay=cfg.weight_decay,
+        warmup_epochs=cfg.warmup_epochs,
+        min_lr=cfg.min_lr,
+        grad_clip=cfg.grad_clip,
+        accumulation=cfg.accumulation,
+        amp=cfg.amp,
+        seed=cfg.seed,
+        num_workers=cfg.num_workers,
+        out_dir=str(resolve(cfg.out_dir) / "checkpoints"),
+        live_dir=str(resolve("reports/dvclive") / stage),
+        eval_every=max(1, cfg.epochs // 5),
+    )
+
+
+def target_source(cfg: Stage1Stage, data_manifest: dict) -> tuple[TargetSource, dict]:
+    """Targets from the cache (default) or online teachers, and the teachers' specs."""
+    cache_manifest = json.loads((resolve(cfg.cache_dir) / "manifest.json").read_text())
+    specs = {n: cache_manifest["teachers"][n]["spec"] for n in cfg.teachers}
+    if not cfg.online:
+        return TargetSource.from_cache(TeacherCache(resolve(cfg.cache_dir), cfg.teachers)), specs
+    from mmpd_core.teachers import build_teacher
+
+    teachers = [build_teacher(specs[n]) for n in cfg.teachers]
+    degrees = cache_manifest["views_degrees"]  # the same views as the cache
+    return TargetSource.online(teachers, data_manifest, degrees), specs
+
+
+def run_stage(cfg: Stage1Stage, *, resume: bool = False) -> engine.TrainResult:
+    """Train Stage-1 on the pretraining shapes; held-out retrieval is the periodic eval."""
+    data_manifest = json.loads(resolve(cfg.data_manifest).read_text())
+    targets, specs = target_source(cfg, data_manifest)
+    root = resolve(data_manifest["roots"]["shapenet55"])
+    train_set = ShapeNet55Dataset(root, "train", cfg.num_points, seed=cfg.seed)
+    test_set = ShapeNet55Dataset(root, "test", cfg.num_points, seed=cfg.seed)
+    torch.manual_seed(cfg.seed)
+    model = Stage1Model(create_model(cfg.model), {n: targets.dims[n] for n in cfg.teachers})
+    test_loader = torch.utils.data.DataLoader(test_set, batch_size=64)
+    ckpt_config = {"model": model.encoder.config.to_dict(), "teachers": specs}
+    result = engine.train(
+        model,
+        Stage1Step(targets),
+        train_set,
+        train_config(cfg),
+        eval_fn=lambda module, epoch: retrieval_accuracy(module, test_loader, targets),
+        resume=resume,
+        checkpoint_config=ckpt_config,
+    )
+    if engine.is_main_process():
+        save_checkpoint(
+            resolve(cfg.out_dir) / FINAL, model, config=ckpt_config, extra={"final": result.final}
+        )
+    return result
+
+
+def load_stage1(out_dir) -> tuple[Stage1Model, dict]:
+    """The final Stage-1 model of a run directory and its config (encoder + teacher specs)."""
+    tensors, meta = load_checkpoint(Path(resolve(out_dir)) / FINAL)
+    config = meta["config"]
+    encoder = PointTransformer(ModelConfig(**config["model"]))
+    dims = {n: tensors[f"heads.{n}.weight"].shape[0] for n in config["teachers"]}
+    model = Stage1Model(encoder, dims)
+    model.load_state_dict(tensors, strict=True)
+    return model.eval(), config

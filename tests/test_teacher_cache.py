@@ -1,0 +1,112 @@
+import json
+
+import pytest
+import torch
+from test_prep import tiny_config
+
+from mmpd_core import config
+from mmpd_core.data import prep
+from mmpd_core.models import create_model
+from mmpd_core.stage1 import Stage1Model, Stage1Step
+from mmpd_core.teacher_cache import TargetSource, TeacherCache, build_cache
+
+
+class FakeImageTeacher:
+    """Mean colour and a few pixel statistics: deterministic, cheap, image-dependent."""
+
+    modality, dim = "image", 8
+
+    def __init__(self, name="img", version=1):
+        self.name, self.version, self.calls = name, version, 0
+
+    def encode_images(self, images):
+        self.calls += 1
+        flat = images.flatten(2)  # (B, 3, HW)
+        return torch.cat([flat.mean(-1), flat.std(-1), flat.amin(-1)[:, :2]], dim=1) * self.version
+
+    def fingerprint(self):
+        return {"id": self.name, "version": self.version}
+
+
+class FakeTextTeacher:
+    modality, dim, name = "text", 5, "txt"
+
+    def encode_texts(self, texts):
+        return torch.tensor([[len(t), t.count("a"), t.count(" "), hash(t) % 7, 1.0] for t in texts])
+
+    def fingerprint(self):
+        return {"id": "txt"}
+
+
+@pytest.fixture(scope="module")
+def data(tmp_path_factory):
+    tmp = tmp_path_factory.mktemp("tc")
+    manifest = prep.prepare(tiny_config(tmp, render_views=3))
+    return tmp, manifest
+
+
+def test_cache_shapes_reuse_and_invalidation(data, tmp_path):
+    _, manifest = data
+    image, text = FakeImageTeacher(), FakeTextTeacher()
+    cache_manifest = build_cache(
+        [image, text], manifest, tmp_path, batch_size=7, dtype=torch.float32
+    )
+    assert cache_manifest["teachers"]["img"]["shape"] == [40, 3, 2, 8]
+    assert cache_manifest["teachers"]["txt"]["shape"] == [40, 2, 5]
+    calls = image.calls
+    build_cache([image, text], manifest, tmp_path, batch_size=7, dtype=torch.float32)
+    assert image.calls == calls  # same teacher, same data: nothing recomputed
+    build_cache([FakeImageTeacher(version=2)], manifest, tmp_path, dtype=torch.float32)
+    cache = TeacherCache(tmp_path)
+    first = cache.tensors["img"]["features"]
+    assert first.abs().sum() > 0
+    changed = dict(manifest, content_sha256="other data")
+    again = FakeImageTeacher(version=2)
+    build_cache([again], changed, tmp_path, dtype=torch.float32)
+    assert again.calls > 0  # new data hash: recomputed
+    with pytest.raises(KeyError, match="no cached features"):
+        TeacherCache(tmp_path, ["dinov2"])
+
+
+def test_cached_and_online_targets_agree(data, tmp_path):
+    _, manifest = data
+    teachers = [FakeImageTeacher(), FakeTextTeacher()]
+    build_cache(teachers, manifest, tmp_path, dtype=torch.float32)
+    cached = TargetSource.from_cache(TeacherCache(tmp_path))
+    online = TargetSource.online(teachers, manifest)
+    assert cached.names == online.names and cached.dims == online.dims
+    idx = torch.tensor([0, 5, 17, 39])
+    a = cached.draw(idx, torch.Generator().manual_seed(3))
+    b = online.draw(idx, torch.Generator().manual_seed(3))
+    for name in a:
+        assert torch.allclose(a[name], b[name], atol=1e-5), name
+    fixed = cached.fixed(idx)
+    assert torch.allclose(fixed["img"], online.fixed(idx)["img"], atol=1e-5)
+
+
+def test_stage1_step_learns_on_cached_targets(data, tmp_path):
+    _, manifest = data
+    build_cache([FakeImageTeacher(), FakeTextTeacher()], manifest, tmp_path, dtype=torch.float32)
+    targets = TargetSource.from_cache(TeacherCache(tmp_path))
+    torch.manual_seed(0)
+    model = Stage1Model(
+        create_model("point_mae_tiny", depth=1, num_groups=16, group_size=16), targets.dims
+    )
+    step = Stage1Step(targets)
+    names = targets.names[:12]
+    root = config.resolve(manifest["roots"]["shapenet55"])
+    from mmpd_core.data.readers import read_shapenet55_points
+
+    points = torch.stack([torch.from_numpy(read_shapenet55_points(root, n)[:256]) for n in names])
+    batch = {"points": points, "name": names}
+    opt = torch.optim.AdamW(model.parameters(), lr=1e-3)
+    losses = []
+    for _ in range(8):
+        loss, metrics = step(model, batch, torch.Generator().manual_seed(0))
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+        losses.append(loss.item())
+    assert set(metrics) >= {"loss_img", "loss_txt", "batch_top1_img"}
+    assert losses[-1] < losses[0]
+    assert json.loads((tmp_path / "manifest.json").read_text())["shapes"] == targets.names
