@@ -4,7 +4,6 @@ open_clip and DINOv2 models where real weights cannot be installed. The hub is o
 import hashlib
 import json
 
-import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
@@ -266,4 +265,3 @@ def test_text_and_image_teachers_refuse_the_other_modality(lite0, minilm):
         minilm.encode_images(torch.rand(1, 3, 8, 8))
     with pytest.raises(TypeError, match="list of strings"):
         minilm.encode_texts("a chair")
-    assert np.isfinite(lite0.encode_images(torch.rand(2, 3, 96, 96)).numpy()).all()
