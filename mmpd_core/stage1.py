@@ -21,6 +21,7 @@ from mmpd_core import engine
 from mmpd_core.checkpoint import load_checkpoint, save_checkpoint
 from mmpd_core.config import Stage1Stage, resolve
 from mmpd_core.data.datasets import ShapeNet55Dataset
+from mmpd_core.distributed import is_main_process
 from mmpd_core.losses import LogitScale, stage1_loss
 from mmpd_core.models import ModelConfig, PointTransformer, create_model
 from mmpd_core.teacher_cache import TargetSource, TeacherCache
@@ -150,7 +151,7 @@ def run_stage(cfg: Stage1Stage, *, resume: bool = False) -> engine.TrainResult:
         resume=resume,
         checkpoint_config=ckpt_config,
     )
-    if engine.is_main_process():
+    if is_main_process():
         save_checkpoint(
             resolve(cfg.out_dir) / FINAL, model, config=ckpt_config, extra={"final": result.final}
         )
