@@ -24,17 +24,16 @@ Checkpoints, in ``cfg.out_dir``, after epoch ``e`` (0-based), the older pair the
 The weights are written before the state file and old pairs are deleted after both, so the
 newest state file always names a complete checkpoint (``latest_checkpoint``).
 
-Distributed (helpers in ``mmpd_core.distributed``). Under ``torchrun`` (WORLD_SIZE > 1) the process group is initialised (NCCL on
-CUDA, gloo on CPU), BatchNorm becomes SyncBatchNorm (with a CPU path for gloo), the model is
-wrapped in DDP and each rank takes ``batch_size // world_size`` samples of every global batch
-(``DistributedSampler``). DDP averages gradients over ranks, so training equals a 1-process
-run with the same global batch when ``step_fn``'s loss is a mean over the samples of its
-micro-batch (cross-entropy, MSE, Chamfer averaged per cloud) and it draws nothing at random
-(its generator and dropout differ per rank) — up to rounding, which max-pooling near-ties
-can amplify in float32 (tests/ddp_worker.py). Batch-coupled losses (InfoNCE over in-batch
-negatives) see only the local batch unless ``step_fn`` gathers features. Checkpoints and
-``out_dir`` must be on a file system every rank reads; only rank 0 writes.
-"""
+Distributed (helpers in ``mmpd_core.distributed``). Under ``torchrun`` (WORLD_SIZE > 1) the
+process group is initialised (NCCL on CUDA, gloo on CPU), BatchNorm becomes SyncBatchNorm (with
+a CPU path for gloo), the model is wrapped in DDP and each rank takes ``batch_size //
+world_size`` samples of every global batch (``DistributedSampler``). DDP averages gradients over
+ranks, so training equals a 1-process run with the same global batch when ``step_fn``'s loss is
+a mean over the samples of its micro-batch (cross-entropy, MSE, Chamfer averaged per cloud) and
+it draws nothing at random (its generator and dropout differ per rank) — up to rounding, which
+max-pooling near-ties can amplify in float32 (tests/ddp_worker.py). Batch-coupled losses
+(InfoNCE over in-batch negatives) see only the local batch unless ``step_fn`` gathers features.
+Checkpoints and ``out_dir`` must be on a file system every rank reads; only rank 0 writes. """
 
 from __future__ import annotations
 
