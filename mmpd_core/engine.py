@@ -33,7 +33,7 @@ a mean over the samples of its micro-batch (cross-entropy, MSE, Chamfer averaged
 it draws nothing at random (its generator and dropout differ per rank) — up to rounding, which
 max-pooling near-ties can amplify in float32 (tests/ddp_worker.py). Batch-coupled losses
 (InfoNCE over in-batch negatives) see only the local batch unless ``step_fn`` gathers features.
-Checkpoints and ``out_dir`` must be on a file system every rank reads; only rank 0 writes. """
+Checkpoints and ``out_dir`` must be on a file system every rank reads; only rank 0 writes."""
 
 from __future__ import annotations
 
