@@ -133,7 +133,7 @@ def run_stage(cfg):
 
     from mmpd_core.config import resolve
     from mmpd_core.data import readers
-    from mmpd_core.data.datasets import modelnet40_dat_dataset
+    from mmpd_core.data.datasets import ModelNet40Dataset, modelnet40_dat_dataset
     from mmpd_core.profiling import machine
     from mmpd_core.stage1 import load_stage1
     from mmpd_core.teachers import build_teacher
@@ -144,9 +144,11 @@ def run_stage(cfg):
     data = json.loads(resolve(cfg.data_manifest).read_text())
     root = resolve(data["roots"]["modelnet40"])
     classes = readers.read_modelnet40_shape_names(root)
-    dataset = modelnet40_dat_dataset(
-        root, "test", cfg.num_points, dat_points=data["config"]["modelnet_points"]
-    )
+    dat_points = data["config"]["modelnet_points"]
+    if readers.modelnet40_dat_path(root, "test", dat_points).is_file():
+        dataset = modelnet40_dat_dataset(root, "test", cfg.num_points, dat_points=dat_points)
+    else:  # a real ModelNet40 without the cached .dat: the text files, FPS on first access
+        dataset = ModelNet40Dataset(root, "test", cfg.num_points)
     loader = torch.utils.data.DataLoader(dataset, batch_size=cfg.batch_size)
     metrics = evaluate(model, name, loader, class_embeddings(teacher, classes))
     ours = f"mmpd Stage-1 ({ckpt['model']['trans_dim']}-d, {len(ckpt['teachers'])} teachers)"
