@@ -86,8 +86,9 @@ def retrieval_accuracy(model: Stage1Model, loader, targets: TargetSource) -> dic
     using view 0 in RGB for image teachers and the first caption for text teachers."""
     model.eval()
     feats, wanted = {}, {}
+    position = {name: i for i, name in enumerate(targets.names)}
     for batch in loader:
-        indices = torch.tensor([targets.names.index(n) for n in batch["name"]])
+        indices = torch.tensor([position[n] for n in batch["name"]])
         out = model(batch["points"])
         targets_now = targets.fixed(indices)
         for name in out:
