@@ -10,6 +10,8 @@ import torch.nn.functional as F
 from torch import nn
 from torch.utils.flop_counter import FlopCounterMode
 
+from mmpd_core.models import create_model
+
 
 def count_parameters(model: nn.Module) -> int:
     return sum(p.numel() for p in model.parameters())
@@ -67,8 +69,6 @@ def profile_variant(
     name: str, *, batch_size: int, num_points: int, num_classes: int, repeats: int, seed: int
 ) -> dict[str, float | str]:
     """Parameters, FLOPs and fp32 / bf16-autocast training-step time of one variant (CPU)."""
-    from mmpd_core.models import create_model  # local: models imports nothing from here
-
     torch.manual_seed(seed)
     model = create_model(name, num_classes=num_classes).train()
     gen = torch.Generator().manual_seed(seed)

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import time
 from pathlib import Path
 
 import torch
@@ -242,8 +243,6 @@ class TargetSource:
 
 def run_stage(cfg) -> dict:
     """The ``teacher_cache`` stage: build the teachers of ``cfg.teachers`` and cache them."""
-    import time
-
     from mmpd_core.teachers import build_teacher
 
     data_manifest = json.loads(resolve(cfg.data_manifest).read_text())

@@ -13,6 +13,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import numpy as np
+import torch
 
 from mmpd_core.data.primitives import Lathe as _Lathe
 from mmpd_core.data.primitives import (
@@ -25,6 +26,7 @@ from mmpd_core.data.primitives import (
     sphere,
     torus,
 )
+from mmpd_core.data.transforms import normalize_unit_sphere
 
 
 @dataclass
@@ -527,10 +529,9 @@ PALETTE_NAMES = (
 )  # fmt: skip
 
 
-def normalize_unit_sphere(points: np.ndarray) -> np.ndarray:
-    """Subtract the centroid and divide by the largest norm (the ModelNet40 convention)."""
-    centred = points - points.mean(axis=0)
-    return centred / np.linalg.norm(centred, axis=1).max()
+def unit_sphere(points: np.ndarray) -> np.ndarray:
+    """``transforms.normalize_unit_sphere`` for a numpy cloud (the ModelNet40 convention)."""
+    return normalize_unit_sphere(torch.from_numpy(points)).numpy()
 
 
 def sample_shape(category: str, index: int, seed: int, num_points: int) -> Shape:
@@ -555,7 +556,7 @@ def sample_shape(category: str, index: int, seed: int, num_points: int) -> Shape
     return Shape(
         category=category,
         index=index,
-        points=normalize_unit_sphere(np.concatenate(pts)[order]).astype(np.float32),
+        points=unit_sphere(np.concatenate(pts)[order]).astype(np.float32),
         normals=np.concatenate(nrm)[order].astype(np.float32),
         part_ids=part_ids.astype(np.int64),
         colors=colours[part_ids].astype(np.float32),

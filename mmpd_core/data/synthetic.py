@@ -17,7 +17,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from mmpd_core.data.shapes import CATEGORIES, normalize_unit_sphere, sample_shape, shape_rng
+from mmpd_core.data.shapes import CATEGORIES, sample_shape, shape_rng, unit_sphere
 
 BLOCK = 1_000_000
 INDEX_BLOCKS = {
@@ -154,7 +154,7 @@ def scan_cloud(obj, variant: str, rng: np.random.Generator, clutter_seed: int, n
     hole_centre, hole_r = crop[rng.integers(len(crop))], rng.uniform(0.0, 0.2)
     crop = crop[np.linalg.norm(crop - hole_centre, axis=1) > hole_r]  # sensor dropout
     crop = crop + rng.normal(0, 0.008, crop.shape)  # sensor noise
-    cloud = normalize_unit_sphere(_resample(crop, num_points, rng))
+    cloud = unit_sphere(_resample(crop, num_points, rng))
     if variant == "pb_t50_rs":
         cloud = cloud @ _rot_y(rng.uniform(0, 2 * np.pi)).T
     return cloud.astype(np.float32)
