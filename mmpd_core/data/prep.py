@@ -32,7 +32,7 @@ from tqdm.auto import tqdm
 from mmpd_core import captions, render
 from mmpd_core.config import PROJECT_ROOT, DataPrepStage, resolve
 from mmpd_core.data import readers, synthetic
-from mmpd_core.data.shapes import CATEGORIES, sample_shape
+from mmpd_core.data.shapes import CATEGORIES, Shape, sample_shape
 from mmpd_core.geometry import farthest_point_sample, gather_points
 
 SHAPENET, MODELNET, FEWSHOT, SCAN = (
@@ -52,21 +52,21 @@ def shape_name(category: str, index: int) -> str:
 # --- embedded datasets ------------------------------------------------------------------------
 
 
-def write_pretrain(cfg: DataPrepStage, root: Path) -> dict[str, dict[str, dict]]:
-    """Pretraining shapes in the ShapeNet-55 layout; returns {split: {name: attributes}}."""
+def write_pretrain(cfg: DataPrepStage, root: Path) -> dict[str, Shape]:
+    """Pretraining shapes in the ShapeNet-55 layout; returns them by file name (for the
+    renders and captions, which need their normals, colours and attributes)."""
     per_split = {"train": cfg.pretrain_train_per_class, "test": cfg.pretrain_test_per_class}
-    items, attributes = {}, {}
+    items, shapes = {}, {}
     for split, count in per_split.items():
-        items[split], attributes[split] = {}, {}
+        items[split] = {}
         for category in CATEGORIES:
             for i in range(count):
                 index = synthetic.shape_index("pretrain", split, i)
-                shape = sample_shape(category, index, cfg.seed, cfg.pretrain_points)
                 name = shape_name(category, index)
-                items[split][name] = shape.points
-                attributes[split][name] = shape.attributes
+                shapes[name] = sample_shape(category, index, cfg.seed, cfg.pretrain_points)
+                items[split][name] = shapes[name].points
     readers.write_shapenet55(root / SHAPENET, items)
-    return attributes
+    return shapes
 
 
 def _fps_with_normals(clouds: synthetic.CloudSet, n: int) -> np.ndarray:
@@ -142,13 +142,12 @@ def render_paths(renders: Path, name: str, degrees: int) -> tuple[Path, Path]:
     return base.with_name(base.name + ".png"), base.with_name(base.name + "_depth0001.png")
 
 
-def _surfaces(cfg, root_shapenet: Path, names, attributes):
-    """Points, normals and colours to render, (B, N, 3) each. Procedural shapes are
-    regenerated (exact normals, part colours); real ShapeNet clouds are grey, shaded flat."""
-    if all(n in attributes for n in names):
-        shapes = [sample_shape(*_category_index(n), cfg.seed, cfg.pretrain_points) for n in names]
+def _surfaces(cfg, root_shapenet: Path, names, shapes: dict[str, Shape]):
+    """Points, normals and colours to render, (B, N, 3) each. Procedural shapes have exact
+    normals and part colours; real ShapeNet clouds are grey and shaded flat."""
+    if all(n in shapes for n in names):
         return [
-            torch.from_numpy(np.stack([getattr(s, k) for s in shapes]))
+            torch.from_numpy(np.stack([getattr(shapes[n], k) for n in names]))
             for k in ("points", "normals", "colors")
         ]
     points = np.stack(
@@ -157,18 +156,13 @@ def _surfaces(cfg, root_shapenet: Path, names, attributes):
     return [torch.from_numpy(points), None, None]
 
 
-def _category_index(name: str) -> tuple[str, int]:
-    category, index = readers.parse_shapenet_name(name)
-    return category, int(index)
-
-
-def write_renders(cfg, root_shapenet: Path, renders: Path, names, attributes, batch=32):
+def write_renders(cfg, root_shapenet: Path, renders: Path, names, shapes, batch=32):
     """Render every shape from ``render_views`` azimuths into RGB and 16-bit depth PNGs."""
     degrees = [round(360 * v / cfg.render_views) for v in range(cfg.render_views)]
     device = "cuda" if torch.cuda.is_available() else "cpu"
     for start in tqdm(range(0, len(names), batch), desc="render"):
         chunk = names[start : start + batch]
-        surfaces = _surfaces(cfg, root_shapenet, chunk, attributes)
+        surfaces = _surfaces(cfg, root_shapenet, chunk, shapes)
         rgb, depth = render.render_views(
             *(None if t is None else t.to(device) for t in surfaces),
             num_views=cfg.render_views,
@@ -287,9 +281,9 @@ def prepare(cfg: DataPrepStage) -> dict:
         shutil.rmtree(out)  # a previous run of this stage: start clean, nothing stale survives
     out.mkdir(parents=True, exist_ok=True)
     start = time.perf_counter()
-    attributes: dict[str, dict] = {"train": {}, "test": {}}
+    shapes: dict[str, Shape] = {}  # procedural pretraining shapes (none for real data)
     if cfg.source == "embedded":
-        attributes = write_pretrain(cfg, out)
+        shapes = write_pretrain(cfg, out)
         modelnet = write_modelnet(cfg, out)
         write_fewshot(cfg, out, modelnet)
         write_scanobjectnn(cfg, out)
@@ -297,13 +291,13 @@ def prepare(cfg: DataPrepStage) -> dict:
     names = [
         n for s in readers.SPLITS for n in readers.read_shapenet55_split(roots["shapenet55"], s)
     ]
-    flat_attributes = {**attributes["train"], **attributes["test"]}
     renders = out / SHAPENET / "renders"
     start = time.perf_counter()
-    degrees = write_renders(cfg, roots["shapenet55"], renders, names, flat_attributes)
+    degrees = write_renders(cfg, roots["shapenet55"], renders, names, shapes)
     timings["render_s"] = time.perf_counter() - start
     start = time.perf_counter()
-    texts = make_captions(cfg, renders, names, flat_attributes, degrees)
+    attributes = {name: shape.attributes for name, shape in shapes.items()}
+    texts = make_captions(cfg, renders, names, attributes, degrees)
     (out / SHAPENET / "captions.json").write_text(json.dumps(texts, indent=1))
     timings["captions_s"] = time.perf_counter() - start
     manifest = {
