@@ -90,7 +90,8 @@ class TeacherCacheStage:
 class Stage1Stage:
     """The ``pretrain_stage1`` stage: multi-teacher alignment (Eq. 3)."""
 
-    model: str  # a models.VARIANTS name
+    model: str  # a models.VARIANTS name (ignored when ``init`` names a run)
+    init: str  # "": random initialisation; else a pretraining run dir whose encoder starts here
     teachers: tuple[str, ...]  # names of cached teachers taking part (Table 11: one or all)
     data_manifest: str
     cache_dir: str
@@ -108,6 +109,156 @@ class Stage1Stage:
     num_workers: int
     seed: int
     out_dir: str
+    live_dir: str  # dvclive directory
+
+
+LOCAL_TARGETS = ("features", "points", "none")
+
+
+@dataclass(frozen=True)
+class Stage2Stage:
+    """``pretrain_stage2`` and its variants: masked point distillation (Eq. 4-6), the Table 4/7/8/11
+    ablations, the Point-MAE baseline and joint single-stage training (all one code path)."""
+
+    model: str  # a models.VARIANTS name, used when there is no teacher to copy the shape from
+    teacher_dir: str  # a Stage-1 run dir: its encoder is the frozen teacher; "": no teacher
+    init: str  # "teacher": the student starts as a copy of the teacher; "random"
+    local_target: str  # "features": Eq. (4); "points": Chamfer-L2 of masked patches; "none"
+    shuffle: bool  # shuffle token contents before the local decoder (positions stay)
+    global_distill: bool  # Eq. (5)
+    joint: bool  # add Stage-1 alignment (Eq. 3) on the same encoder, targets = its own features
+    teachers: tuple[str, ...]  # joint only: cached teachers of the alignment term
+    cache_dir: str
+    data_manifest: str
+    mask_ratio: float
+    decoder_depth: int  # local decoder blocks
+    decoder_heads: int
+    global_decoder: str  # "transformer" | "mlp"
+    global_decoder_depth: int
+    num_points: int
+    epochs: int
+    batch_size: int
+    lr: float
+    weight_decay: float
+    warmup_epochs: int
+    min_lr: float
+    grad_clip: float
+    accumulation: int
+    amp: str
+    num_workers: int
+    seed: int
+    out_dir: str
+    live_dir: str
+
+    def __post_init__(self):
+        if self.local_target not in LOCAL_TARGETS:
+            raise ValueError(
+                f"local_target must be one of {LOCAL_TARGETS}, got {self.local_target!r}"
+            )
+        if self.init not in ("teacher", "random"):
+            raise ValueError(f"init must be 'teacher' or 'random', got {self.init!r}")
+        if self.global_decoder not in ("transformer", "mlp"):
+            raise ValueError(
+                f"global_decoder must be 'transformer' or 'mlp', got {self.global_decoder!r}"
+            )
+        if self.local_target == "none" and not self.global_distill:
+            raise ValueError("nothing to train: local_target 'none' and global_distill false")
+        if not self.teacher_dir and not self.joint:
+            if self.local_target != "points" or self.global_distill or self.init == "teacher":
+                raise ValueError(
+                    "without a teacher (teacher_dir '') only point reconstruction from a random "
+                    "init can run (the Point-MAE baseline), unless joint is true"
+                )
+        if self.joint and self.teacher_dir:
+            raise ValueError("joint training distils the model's own features: set teacher_dir ''")
+
+
+@dataclass(frozen=True)
+class FinetuneStage:
+    """``finetune.ipynb``: one encoder, one dataset, one protocol, several seeds (Table 3)."""
+
+    dataset: str  # modelnet40 | scanobjectnn | synthetic_modelnet | synthetic_scanobjectnn
+    variant: str  # ScanObjectNN: obj_bg | obj_only | pb_t50_rs
+    checkpoint: str  # scratch | a pretraining run dir | an encoder.safetensors | upstream .pth
+    protocol: str  # full | mlp3 | linear (the last two freeze the encoder)
+    model: str  # architecture for ``scratch`` and upstream checkpoints
+    seeds: tuple[int, ...]
+    votes: int  # augmented test passes averaged (0: none); reported beside the plain accuracy
+    data_manifest: str
+    num_workers: int
+    recipes: dict  # per dataset family: points, groups, augmentation, optimiser, epochs
+    out_dir: str  # checkpoints of full fine-tuning, runs/finetune/<tag>/seed<k>
+    results_dir: str  # <tag>.json: per-seed and mean/std accuracies
+
+    def __post_init__(self):
+        if self.protocol not in ("full", "mlp3", "linear"):
+            raise ValueError(f"protocol must be full, mlp3 or linear, got {self.protocol!r}")
+        if not self.seeds:
+            raise ValueError("seeds must name at least one seed")
+
+
+@dataclass(frozen=True)
+class GridStage:
+    """A table's classification runs (``classification``: Table 3; ``ablations``: Tables 4, 7,
+    8, 11): every checkpoint x dataset x protocol, each over ``seeds``, with the ``finetune``
+    section's recipes."""
+
+    checkpoints: tuple[str, ...]  # scratch | pretraining run dirs
+    datasets: tuple[str, ...]  # modelnet40 | scanobjectnn/<variant>
+    protocols: tuple[str, ...]
+    seeds: tuple[int, ...]
+    votes: int
+    results_dir: str  # one JSON per run
+    out_dir: str  # checkpoints of full fine-tuning runs
+    table: str  # <table>.csv: one row per run; <table>.json: the same keyed by run (a metric)
+
+
+@dataclass(frozen=True)
+class TsneStage:
+    """The ``tsne`` stage: t-SNE of test-split global features per encoder, with silhouettes."""
+
+    checkpoints: tuple[str, ...]
+    dataset: str
+    variant: str
+    seed: int
+    perplexity: float
+    correct_only: bool  # keep only test clouds a linear probe classifies correctly
+    out_dir: str  # figures: tsne_<dataset>.png / .pdf
+    results: str  # silhouette scores (JSON, a DVC metric)
+
+
+@dataclass(frozen=True)
+class ReportStage:
+    """The ``report`` stage: every paper table from the result files."""
+
+    classification: str  # results CSV of the classification grid (Table 3)
+    ablations: str  # results CSV of the ablation grid (Tables 4, 7, 8, 11)
+    ablation_protocol: str
+    fewshot: str
+    data_manifest: str
+    model: str  # backbone whose parameter count Table 5 lists
+    out_dir: str
+
+
+@dataclass(frozen=True)
+class FewshotStage:
+    """The ``fewshot`` stage (Table 1): n-way m-shot episodes for several encoders."""
+
+    checkpoints: tuple[str, ...]  # scratch | pretraining run dirs
+    ways: tuple[int, ...]
+    shots: tuple[int, ...]
+    folds: int  # episodes per (way, shot); the official release has 10
+    protocol: str  # full (the paper) | mlp3 | linear (frozen encoder)
+    model: str
+    seed: int
+    data_manifest: str
+    recipe: dict  # a finetune.Recipe
+    out_dir: str
+    results_dir: str
+
+    def __post_init__(self):
+        if self.protocol not in ("full", "mlp3", "linear"):
+            raise ValueError(f"protocol must be full, mlp3 or linear, got {self.protocol!r}")
 
 
 @dataclass(frozen=True)
@@ -121,11 +272,24 @@ class ZeroShotStage:
     out_dir: str
 
 
+# Named variants of a stage (params.yaml ``variants.<stage>.<name>``: overrides of its section)
+# write to runs/<dir>/<name> and log to reports/dvclive/<dir>/<name>.
+VARIANT_DIRS = {"pretrain_stage1": "stage1_variants", "pretrain_stage2": "stage2_variants"}
+# ``profile: paper`` in params.yaml applies every section's (and variant's) ``paper`` part.
+PROFILES = ("embedded", "paper")
+
 STAGES: dict[str, type] = {
     "models": ModelsStage,
     "data_prep": DataPrepStage,
     "teacher_cache": TeacherCacheStage,
     "pretrain_stage1": Stage1Stage,
+    "pretrain_stage2": Stage2Stage,
+    "finetune": FinetuneStage,
+    "fewshot": FewshotStage,
+    "classification": GridStage,
+    "ablations": GridStage,
+    "tsne": TsneStage,
+    "report": ReportStage,
     "zeroshot": ZeroShotStage,
 }
 
@@ -187,11 +351,16 @@ def build(cls: type, section: dict, where: str):
     return cls(**{k: _coerce(section[k], hints[k], f"{where}.{k}") for k in names})
 
 
-def load(stage: str, *, smoke: bool | None = None, params_path=None, **overrides):
-    """The config of ``stage``: its params.yaml section, + its ``smoke`` part, + overrides.
+def load(
+    stage: str, *, smoke: bool | None = None, variant: str = "", params_path=None, **overrides
+):
+    """The config of ``stage``: its params.yaml section, + its ``paper`` part when the
+    top-level ``profile`` is ``paper``, + a named variant, + its ``smoke`` part, + overrides.
 
-    ``smoke=None`` takes the top-level ``smoke`` flag of params.yaml (how the DVC pipeline
-    is shrunk for tests); overrides that are None are ignored (unset notebook parameters).
+    ``variant`` names an entry of ``variants.<stage>`` (overrides of the section, with its own
+    ``out_dir`` / ``live_dir``, see ``VARIANT_DIRS``). ``smoke=None`` takes the top-level
+    ``smoke`` flag of params.yaml (how the DVC pipeline is shrunk for tests); overrides that
+    are None are ignored (unset notebook parameters).
     """
     if stage not in STAGES:
         raise KeyError(f"unknown stage {stage!r}; known: {sorted(STAGES)}")
@@ -200,14 +369,45 @@ def load(stage: str, *, smoke: bool | None = None, params_path=None, **overrides
     if not isinstance(smoke, bool):
         raise TypeError(f"smoke must be True or False, got {smoke!r}")
     where = f"{params_path or PARAMS_FILE}:{stage}"
+    profile = params.get("profile", "embedded")
+    if profile not in PROFILES:
+        raise ValueError(f"{where}: profile must be one of {PROFILES}, got {profile!r}")
     section = dict(params.get(stage) or {})
     smoke_part = section.pop("smoke", None) or {}
+    paper_part = section.pop("paper", None) or {}
     if "seed" in {f.name for f in dataclasses.fields(STAGES[stage])}:
         section = {"seed": params.get("seed", 0), **section}  # the project-wide seed
+    if profile == "paper":
+        section.update(paper_part)
+    if variant:
+        section.update(_variant(params, stage, variant, where, profile))
     if smoke:
         section.update(smoke_part)
     section.update({k: v for k, v in overrides.items() if v is not None})
     return build(STAGES[stage], section, where)
+
+
+def variant_names(stage: str, params_path=None) -> list[str]:
+    """Names of the variants of ``stage`` in params.yaml (``variants.<stage>``)."""
+    return list((read_params(params_path).get("variants") or {}).get(stage) or {})
+
+
+def _variant(params: dict, stage: str, name: str, where: str, profile: str) -> dict:
+    """The overrides of variant ``name`` (its ``paper`` part under the paper profile), with
+    its own output and metrics directories."""
+    known = (params.get("variants") or {}).get(stage) or {}
+    if stage not in VARIANT_DIRS or name not in known:
+        raise KeyError(f"{where}: unknown variant {name!r}; variants.{stage} has {sorted(known)}")
+    folder = VARIANT_DIRS[stage]
+    overrides = dict(known[name] or {})
+    paper_part = overrides.pop("paper", None) or {}
+    if profile == "paper":
+        overrides.update(paper_part)
+    return {
+        **overrides,
+        "out_dir": f"runs/{folder}/{name}",
+        "live_dir": f"reports/dvclive/{folder}/{name}",
+    }
 
 
 def describe(cfg) -> str:

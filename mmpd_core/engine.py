@@ -109,6 +109,16 @@ class TrainConfig:
             raise ValueError(f"need 0 <= min_lr <= lr and lr > 0, got {self.min_lr}, {self.lr}")
 
 
+def config_from(stage_cfg, **overrides) -> TrainConfig:
+    """The TrainConfig of a stage config: the fields they share (epochs, lr, amp, ...), evals
+    every epochs // 5 epochs, then ``overrides`` (a stage's out_dir is usually its run dir,
+    not its checkpoint folder)."""
+    names = [f.name for f in dataclasses.fields(TrainConfig)]
+    values = {n: getattr(stage_cfg, n) for n in names if hasattr(stage_cfg, n)}
+    values["eval_every"] = max(1, stage_cfg.epochs // 5)
+    return TrainConfig(**{**values, **overrides})
+
+
 @dataclass
 class TrainResult:
     """What ``train`` returns; ``history`` holds one dict per epoch (resumed epochs included)."""

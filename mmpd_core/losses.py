@@ -4,6 +4,7 @@
   shaped like open_clip's ``ClipLoss``, with a learnable, clamped CLIP logit scale.
 - Eq. (3): the Stage-1 sum over the text teacher and every image teacher (``stage1_loss``).
 - Eq. (4)-(5): negative-cosine distillation of tokens and of the global embedding.
+- Point-MAE's masked patch reconstruction (Chamfer-L2), the "point clouds" target of Table 7.
 
 All reductions are means (over samples, or over every token of every sample), so loss values
 do not scale with the batch size; the paper writes Eq. (1)-(4) as sums.
@@ -17,6 +18,9 @@ from collections.abc import Mapping
 import torch
 import torch.nn.functional as F
 from torch import nn
+
+from mmpd_core.geometry import chamfer_distance
+from mmpd_core.shuffle import gather_tokens
 
 
 class LogitScale(nn.Module):
@@ -95,3 +99,18 @@ def global_distillation_loss(
 ) -> torch.Tensor:
     """Eq. (5): negative cosine between the global decoder output and the teacher's (B, D)."""
     return negative_cosine(pred_global, teacher_global)
+
+
+def masked_point_loss(
+    pred_patches: torch.Tensor, neighborhood: torch.Tensor, mask_idx: torch.Tensor
+) -> torch.Tensor:
+    """Point-MAE's objective (Table 7 "point clouds"): Chamfer-L2 between the predicted and the
+    true points of every masked patch, averaged over patches.
+
+    pred_patches (B, G, 3K) per slot in centre order; neighborhood (B, G, K, 3) relative to
+    the centres; mask_idx (B, M) the masked groups.
+    """
+    batch, groups, k, _ = neighborhood.shape
+    pred = gather_tokens(pred_patches, mask_idx).reshape(-1, k, 3)  # (B*M, K, 3)
+    target = gather_tokens(neighborhood.reshape(batch, groups, k * 3), mask_idx)  # (B, M, 3K)
+    return chamfer_distance(pred.float(), target.reshape(-1, k, 3).float(), norm=2)

@@ -1,17 +1,20 @@
 """The point encoder: Point-MAE's standard transformer, its classification head and variants.
 
 ``create_model("point_mae")`` builds the paper's backbone (384 dim, depth 12, 6 heads, 64
-groups of 32 points); ``point_mae_tiny`` is the embedded-default / test size.
+groups of 32 points); ``point_mae_tiny`` (128 dim, depth 4, 4 heads, 32 groups of 16 points,
+for 512-point clouds) is the embedded-default / test size.
 """
 
 from __future__ import annotations
 
 import dataclasses
 from dataclasses import dataclass
+from pathlib import Path
 
 import torch
 from torch import nn
 
+from mmpd_core.checkpoint import load_checkpoint, save_checkpoint
 from mmpd_core.geometry import group
 from mmpd_core.layers import PatchTokenizer, TransformerStack, position_mlp
 
@@ -36,8 +39,9 @@ class ModelConfig:
 
 VARIANTS: dict[str, ModelConfig] = {
     "point_mae": ModelConfig(),
+    # the embedded-default / test size: 32 groups of 16 points cover a 512-point cloud
     "point_mae_tiny": ModelConfig(
-        trans_dim=128, depth=4, num_heads=4, drop_path_rate=0.1, num_groups=32, group_size=32
+        trans_dim=128, depth=4, num_heads=4, drop_path_rate=0.1, num_groups=32, group_size=16
     ),
 }
 
@@ -79,7 +83,7 @@ class PointTransformer(nn.Module):
             self.head = classification_head(
                 2 * dim, config.head_hidden, config.num_classes, config.head_dropout
             )
-        self.apply(_init_weights)
+        self.apply(init_weights)
         nn.init.trunc_normal_(self.cls_token, std=0.02)
         nn.init.trunc_normal_(self.cls_pos, std=0.02)
 
@@ -89,10 +93,7 @@ class PointTransformer(nn.Module):
 
     def tokenize(self, points: torch.Tensor) -> dict[str, torch.Tensor]:
         """Group the cloud (B, N, 3), embed each patch: tokens (B, G, D), centers, neighborhood."""
-        cfg = self.config
-        neighborhood, centers = group(
-            points, cfg.num_groups, cfg.group_size, skip_origin=cfg.skip_origin
-        )
+        neighborhood, centers = self.group(points)
         return {
             "tokens": self.tokenizer(neighborhood),
             "centers": centers,
@@ -114,17 +115,28 @@ class PointTransformer(nn.Module):
             pos = torch.cat([self.cls_pos.expand(batch, -1, -1), pos], dim=1)  # (B, 1+T, D)
         return self.transformer(tokens, pos)
 
-    def forward_features(self, points: torch.Tensor) -> dict[str, torch.Tensor]:
-        """tokens (B, G, D) after the final norm, cls (B, D), global (B, 2D), centers (B, G, 3)."""
-        patches = self.tokenize(points)
-        out = self.forward_encoder(patches["tokens"], patches["centers"])  # (B, 1+G, D)
+    def forward_patches(
+        self, neighborhood: torch.Tensor, centers: torch.Tensor
+    ) -> dict[str, torch.Tensor]:
+        """Encode grouped patches (B, G, K, 3) at centres (B, G, 3) with the cls token:
+        tokens (B, G, D) after the final norm, cls (B, D), global (B, 2D), centers."""
+        out = self.forward_encoder(self.tokenizer(neighborhood), centers)  # (B, 1+G, D)
         cls, tokens = out[:, 0], out[:, 1:]
         return {
             "tokens": tokens,
             "cls": cls,
             "global": torch.cat([cls, tokens.amax(dim=1)], dim=-1),  # (B, 2D)
-            "centers": patches["centers"],
+            "centers": centers,
         }
+
+    def group(self, points: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """This model's grouping of (B, N, 3): neighborhood (B, G, K, 3), centers (B, G, 3)."""
+        cfg = self.config
+        return group(points, cfg.num_groups, cfg.group_size, skip_origin=cfg.skip_origin)
+
+    def forward_features(self, points: torch.Tensor) -> dict[str, torch.Tensor]:
+        """tokens (B, G, D) after the final norm, cls (B, D), global (B, 2D), centers (B, G, 3)."""
+        return self.forward_patches(*self.group(points))
 
     def forward(self, points: torch.Tensor) -> torch.Tensor:
         """Class logits (B, num_classes); needs a model built with ``num_classes > 0``."""
@@ -133,7 +145,8 @@ class PointTransformer(nn.Module):
         return self.head(self.forward_features(points)["global"])
 
 
-def _init_weights(module: nn.Module) -> None:
+def init_weights(module: nn.Module) -> None:
+    """trunc-normal(0.02) Linear weights, zero biases, unit norms (upstream initialisation)."""
     if isinstance(module, nn.Linear):
         nn.init.trunc_normal_(module.weight, std=0.02)
         if module.bias is not None:
@@ -141,6 +154,34 @@ def _init_weights(module: nn.Module) -> None:
     elif isinstance(module, nn.LayerNorm | nn.BatchNorm1d):
         nn.init.ones_(module.weight)
         nn.init.zeros_(module.bias)
+
+
+ENCODER_FILE = "encoder.safetensors"  # what every pretraining run leaves for downstream tasks
+
+
+def save_encoder(run_dir, encoder: PointTransformer, *, extra: dict | None = None) -> Path:
+    """Write ``<run_dir>/encoder.safetensors``: the encoder's weights and its ModelConfig."""
+    path = Path(run_dir) / ENCODER_FILE
+    save_checkpoint(path, encoder, config=encoder.config.to_dict(), extra=extra)
+    return path
+
+
+def load_encoder(path, **overrides) -> PointTransformer:
+    """The encoder of a pretraining run (its directory or its ``encoder.safetensors``).
+
+    ``overrides`` change ModelConfig fields that hold no weights (``num_classes`` adds a fresh
+    head, ``drop_path_rate``); every stored encoder weight must load (strict, reported).
+    """
+    path = Path(path)
+    path = path / ENCODER_FILE if path.is_dir() else path
+    tensors, meta = load_checkpoint(path)
+    config = dataclasses.replace(ModelConfig(**meta["config"]), **overrides)
+    encoder = PointTransformer(config)
+    missing, unexpected = encoder.load_state_dict(tensors, strict=False)
+    missing = [k for k in missing if not k.startswith("head.")]
+    if missing or unexpected:
+        raise KeyError(f"{path}: missing encoder keys {missing}, unexpected keys {unexpected}")
+    return encoder
 
 
 def create_model(name: str, **overrides) -> PointTransformer:

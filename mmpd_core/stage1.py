@@ -23,8 +23,9 @@ from mmpd_core.config import Stage1Stage, resolve
 from mmpd_core.data.datasets import ShapeNet55Dataset
 from mmpd_core.distributed import is_main_process
 from mmpd_core.losses import LogitScale, stage1_loss
-from mmpd_core.models import ModelConfig, PointTransformer, create_model
+from mmpd_core.models import ModelConfig, PointTransformer, create_model, load_encoder, save_encoder
 from mmpd_core.teacher_cache import TargetSource, TeacherCache
+from mmpd_core.tracking import write_cost
 
 FINAL = "stage1.safetensors"
 
@@ -58,20 +59,27 @@ class Stage1Step:
     def indices(self, names) -> torch.Tensor:
         return torch.tensor([self.position[n] for n in names])
 
-    def __call__(self, model, batch, generator):
-        points = batch["points"]
-        wanted = self.targets.draw(self.indices(batch["name"]), generator)
-        wanted = {k: v.to(points.device) for k, v in wanted.items()}
-        module = getattr(model, "module", model)  # DDP wraps the model
-        feats = model(points)
-        if dist.is_available() and dist.is_initialized():  # negatives from every rank's batch
+    def align_loss(self, feats: dict, names, scales: dict, generator) -> tuple[torch.Tensor, dict]:
+        """Eq. (3) for 3D embeddings ``feats`` of the shapes ``names``, with drawn targets.
+
+        Under DDP, features and targets are gathered so every rank sees the global batch's
+        negatives (the gather keeps the gradient of the local part).
+        """
+        device = next(iter(feats.values())).device
+        wanted = self.targets.draw(self.indices(names), generator)
+        wanted = {k: v.to(device) for k, v in wanted.items()}
+        if dist.is_available() and dist.is_initialized():
             feats = {k: torch.cat(dist_nn.all_gather(v)) for k, v in feats.items()}
             wanted = {k: torch.cat(dist_nn.all_gather(v)).detach() for k, v in wanted.items()}
-        total, terms = stage1_loss(feats, wanted, module.scales())
+        total, terms = stage1_loss(feats, wanted, scales)
         metrics = {f"loss_{name}": term.item() for name, term in terms.items()}
         for name, feat in feats.items():
             metrics[f"batch_top1_{name}"] = _top1(feat.detach(), wanted[name])
         return total, metrics
+
+    def __call__(self, model, batch, generator):
+        module = getattr(model, "module", model)  # DDP wraps the model
+        return self.align_loss(model(batch["points"]), batch["name"], module.scales(), generator)
 
 
 def _top1(a: torch.Tensor, b: torch.Tensor) -> float:
@@ -100,22 +108,11 @@ def retrieval_accuracy(model: Stage1Model, loader, targets: TargetSource) -> dic
     }
 
 
-def train_config(cfg: Stage1Stage, stage: str = "pretrain_stage1") -> engine.TrainConfig:
-    return engine.TrainConfig(
-        epochs=cfg.epochs,
-        batch_size=cfg.batch_size,
-        lr=cfg.lr,
-        weight_decay=cfg.weight_decay,
-        warmup_epochs=cfg.warmup_epochs,
-        min_lr=cfg.min_lr,
-        grad_clip=cfg.grad_clip,
-        accumulation=cfg.accumulation,
-        amp=cfg.amp,
-        seed=cfg.seed,
-        num_workers=cfg.num_workers,
+def train_config(cfg: Stage1Stage) -> engine.TrainConfig:
+    return engine.config_from(
+        cfg,
         out_dir=str(resolve(cfg.out_dir) / "checkpoints"),
-        live_dir=str(resolve("reports/dvclive") / stage),
-        eval_every=max(1, cfg.epochs // 5),
+        live_dir=str(resolve(cfg.live_dir)),
     )
 
 
@@ -140,7 +137,8 @@ def run_stage(cfg: Stage1Stage, *, resume: bool = False) -> engine.TrainResult:
     train_set = ShapeNet55Dataset(root, "train", cfg.num_points, seed=cfg.seed)
     test_set = ShapeNet55Dataset(root, "test", cfg.num_points, seed=cfg.seed)
     torch.manual_seed(cfg.seed)
-    model = Stage1Model(create_model(cfg.model), {n: targets.dims[n] for n in cfg.teachers})
+    encoder = load_encoder(resolve(cfg.init)) if cfg.init else create_model(cfg.model)
+    model = Stage1Model(encoder, {n: targets.dims[n] for n in cfg.teachers})
     test_loader = torch.utils.data.DataLoader(test_set, batch_size=64)
     ckpt_config = {"model": model.encoder.config.to_dict(), "teachers": specs}
     result = engine.train(
@@ -153,9 +151,10 @@ def run_stage(cfg: Stage1Stage, *, resume: bool = False) -> engine.TrainResult:
         checkpoint_config=ckpt_config,
     )
     if is_main_process():
-        save_checkpoint(
-            resolve(cfg.out_dir) / FINAL, model, config=ckpt_config, extra={"final": result.final}
-        )
+        out_dir = resolve(cfg.out_dir)
+        save_checkpoint(out_dir / FINAL, model, config=ckpt_config, extra={"final": result.final})
+        save_encoder(out_dir, model.encoder, extra={"stage": "pretrain_stage1", "init": cfg.init})
+        write_cost(resolve(cfg.live_dir), result)
     return result
 
 

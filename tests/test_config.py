@@ -66,3 +66,28 @@ def test_float_fields_reject_yaml_strings():
 def test_repository_params_load():
     cfg = config.load("models")
     assert "point_mae" in cfg.variants
+    for stage in config.STAGES:  # every section, every variant, full and smoke size
+        for variant in ["", *config.variant_names(stage)]:
+            for smoke in (False, True):
+                config.load(stage, smoke=smoke, variant=variant)
+
+
+def test_every_variant_in_params_is_a_dvc_stage_writing_where_config_says():
+    """dvc.yaml's foreach lists and params.yaml's variants must name the same runs."""
+    pipeline = yaml.safe_load((config.PROJECT_ROOT / "dvc.yaml").read_text())["stages"]
+    groups = {
+        "pretrain_stage1": ["stage1_variant"],
+        "pretrain_stage2": ["stage2_ablation", "stage2_baseline", "stage2_teachers"],
+    }
+    for stage, names in groups.items():
+        run = [v for n in names for v in pipeline[n]["foreach"]]  # list items or dict keys
+        assert sorted(run) == sorted(config.variant_names(stage)), stage
+        assert len(run) == len(set(run)), f"a {stage} variant runs twice"
+        for variant in run:
+            cfg = config.load(stage, smoke=False, variant=variant)
+            name = next(n for n in names if variant in pipeline[n]["foreach"])
+            outs = [next(iter(o)) for o in pipeline[name]["do"]["outs"]]
+            key = "${key}" if isinstance(pipeline[name]["foreach"], dict) else "${item}"
+            assert cfg.out_dir in [o.replace(key, variant) for o in outs]
+            metrics = [next(iter(m)) for m in pipeline[name]["do"]["metrics"]]
+            assert f"{cfg.live_dir}/metrics.json" in [m.replace(key, variant) for m in metrics]

@@ -7,9 +7,13 @@ import subprocess
 import sys
 from pathlib import Path
 
+import numpy as np
+import pandas as pd
 import pytest
 import yaml
 from conftest import REPO_ROOT
+
+from mmpd_core import report
 
 BIN = Path(sys.executable).parent
 
@@ -50,7 +54,7 @@ def smoke_repo(tmp_path_factory):
 @pytest.mark.slow
 def test_dvc_repro_runs_every_stage_then_nothing(smoke_repo):
     run([str(BIN / "dvc"), "repro"], smoke_repo)
-    manifest = json.loads((smoke_repo / "data/embedded/manifest.json").read_text())
+    manifest = json.loads((smoke_repo / "data/prepared/manifest.json").read_text())
     assert manifest["config"]["pretrain_train_per_class"] == 2  # the smoke size
     assert manifest["counts"]["fewshot_folds"] == 2 and manifest["files"] > 100
     assert (smoke_repo / "reports/figures/renders_contact_sheet.png").stat().st_size > 1000
@@ -58,6 +62,19 @@ def test_dvc_repro_runs_every_stage_then_nothing(smoke_repo):
     assert set(cache["teachers"]) == {"minilm", "effnet_lite0", "effnet_lite2"}
     stage1 = json.loads((smoke_repo / "reports/dvclive/pretrain_stage1/metrics.json").read_text())
     assert stage1["train"]["loss"] > 0 and "retrieval_top1_minilm" in stage1["eval"]
+    runs = ["runs/stage2"] + [
+        f"runs/stage{n}_variants/{v}"
+        for n in (1, 2)
+        for v in yaml.safe_load((smoke_repo / "params.yaml").read_text())["variants"][
+            f"pretrain_stage{n}"
+        ]
+    ]
+    for run_dir in runs:
+        assert (smoke_repo / run_dir / "encoder.safetensors").stat().st_size > 1000, run_dir
+    stage2 = json.loads((smoke_repo / "reports/dvclive/pretrain_stage2/metrics.json").read_text())
+    assert stage2["train"]["loss_local"] > 0 and "copy_cos_visible" in stage2["eval"]
+    cost = json.loads((smoke_repo / "reports/dvclive/stage2_variants/joint/cost.json").read_text())
+    assert cost["wall_time_s"] > 0 and cost["steps_per_s"] > 0
     zeroshot = json.loads((smoke_repo / "reports/dvclive/zeroshot/metrics.json").read_text())
     assert 0 <= zeroshot["top1"] <= zeroshot["top5"] <= 1 and zeroshot["chance_top1"] == 0.05
     assert "chance" in (smoke_repo / "reports/tables/table2_zeroshot.md").read_text()
@@ -67,6 +84,21 @@ def test_dvc_repro_runs_every_stage_then_nothing(smoke_repo):
     assert "point_mae_tiny" in table and "| variant" in table
     executed = json.loads((smoke_repo / "reports/notebooks/05_models.ipynb").read_text())
     assert any(c.get("outputs") for c in executed["cells"] if c["cell_type"] == "code")
+    for stem in report.TABLES:  # every table, with at least one finite number of this run
+        table = pd.read_csv(smoke_repo / "reports/tables" / f"{stem}.csv")
+        numbers = pd.to_numeric(
+            table.astype(str).stack().str.extract(r"^(-?\d+\.?\d*)")[0], errors="coerce"
+        )
+        assert numbers.notna().any() and np.isfinite(numbers.dropna()).all(), stem
+        assert (smoke_repo / "reports/tables" / f"{stem}.md").stat().st_size > 100, stem
+    table3 = pd.read_csv(smoke_repo / "reports/tables/table3_classification.csv")
+    ours = table3[(table3["source"] == "this run") & (table3["protocol"] == "full")]
+    assert ours["MN40"].str.contains("±").all() and ours["MN40 vote"].str.contains("±").all()
+    silhouettes = json.loads((smoke_repo / "reports/results/tsne_silhouette.json").read_text())
+    assert all(-1 <= v["silhouette_tsne"] <= 1 for v in silhouettes.values())
+    assert (smoke_repo / "reports/figures/tsne_modelnet40.pdf").stat().st_size > 1000
+    index = (smoke_repo / "reports/tables/README.md").read_text()
+    assert "at smoke size" in index and "table11_teachers.md" in index
     again = run([str(BIN / "dvc"), "repro"], smoke_repo)
     assert "up to date" in again
     shown = run([str(BIN / "dvc"), "metrics", "show", "--json"], smoke_repo)

@@ -26,6 +26,7 @@ from torch.utils.data import Dataset
 
 from mmpd_core.data import readers
 from mmpd_core.data.transforms import fps_sample, normalize_unit_sphere, random_sample
+from mmpd_core.geometry import farthest_point_sample, gather_points
 
 __all__ = [
     "CloudDataset",
@@ -82,15 +83,25 @@ class CloudDataset(Dataset):
 
     def cloud(self, index: int) -> torch.Tensor:
         """The (num_points, 3) cloud of item ``index`` before ``transform``."""
-        if index in self._cache:
+        if self.sampling == "fps" and self.num_points < self.points.shape[1]:
+            if not self._cache:  # FPS of every cloud at once, in batches (same indices)
+                self._cache = dict(enumerate(self._fps_all()))
             return self._cache[index]
         cloud = self.points[index]  # (N, 3)
         if self.normalize:
             cloud = normalize_unit_sphere(cloud)
-        if self.sampling == "first" or self.num_points == len(cloud):
-            return cloud[: self.num_points]  # (num_points, 3)
-        self._cache[index] = fps_sample(cloud, self.num_points)
-        return self._cache[index]
+        return cloud[: self.num_points]  # (num_points, 3)
+
+    def _fps_all(self, batch: int = 64) -> torch.Tensor:
+        """Plain FPS from index 0 of every (normalised) cloud: (M, num_points, 3)."""
+        out = []
+        for start in range(0, len(self.points), batch):
+            clouds = self.points[start : start + batch]  # (b, N, 3)
+            if self.normalize:
+                clouds = normalize_unit_sphere(clouds)
+            idx = farthest_point_sample(clouds, self.num_points, skip_origin=False)  # (b, n)
+            out.append(gather_points(clouds, idx))  # (b, n, 3)
+        return torch.cat(out)
 
     def __getitem__(self, index: int) -> dict:
         return _item(self.cloud(index), self.labels[index], self.transform)

@@ -1,0 +1,359 @@
+"""The paper's tables rebuilt from this run's result files, each beside the paper's numbers.
+
+Inputs (written by the stages): ``reports/results/classification.csv`` (Table 3 grid),
+``reports/results/ablations.csv`` (Tables 4, 7, 8, 11), ``reports/results/fewshot/fewshot.json``
+(Table 1), ``reports/dvclive/**/cost.json`` (Table 5). Every ``table*`` function returns a
+DataFrame; ``build_all`` writes them (markdown + CSV) with a caption naming the profile and
+the machine. Accuracies are "mean ± std" over seeds (or folds), in percent.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pandas as pd
+
+from mmpd_core.config import read_params, resolve
+from mmpd_core.profiling import machine
+from mmpd_core.tables import write_table
+
+# Encoders by checkpoint name (finetune.checkpoint_name).
+LABELS = {
+    "scratch": "scratch (no pretraining)",
+    "stage2_variants/point_mae": "Point-MAE baseline",
+    "stage1": "Stage-1 only",
+    "stage2": "Ours (Stage-1 + Stage-2)",
+}
+DATASET_COLUMNS = {  # (dataset, variant) -> column
+    ("modelnet40", ""): "MN40",
+    ("scanobjectnn", "obj_bg"): "OBJ_BG",
+    ("scanobjectnn", "obj_only"): "OBJ_ONLY",
+    ("scanobjectnn", "pb_t50_rs"): "PB_T50_RS",
+}
+PAPER_TABLE1 = {  # ModelNet40 few-shot: 5w10s, 5w20s, 10w10s, 10w20s
+    "Point-MAE": ("96.3±2.5", "97.8±1.8", "92.6±4.1", "95.0±3.0"),
+    "ReCon": ("97.3±1.9", "98.9±1.2", "93.3±3.9", "95.8±3.0"),
+    "Ours (Point-M2AE)": ("97.6±1.7", "99.0±0.6", "94.1±3.0", "96.2±2.6"),
+}
+PAPER_TABLE3 = {  # protocol -> method -> OBJ_BG, OBJ_ONLY, PB_T50_RS, MN40, MN40 vote
+    "full": {
+        "Point-MAE": ("90.02", "88.29", "85.18", "93.2", "93.8"),
+        "Ours (Point-MAE)": ("95.20", "93.73", "90.10", "94.0", "94.5"),
+    },
+    "linear": {
+        "Point-MAE": ("82.77±0.30", "83.23±0.16", "74.13±0.21", "91.22±0.26", "-"),
+        "Ours (Point-MAE)": ("90.57±0.19", "90.68±0.14", "82.41±0.16", "92.68±0.10", "-"),
+    },
+    "mlp3": {
+        "Point-MAE": ("84.29±0.55", "85.24±0.67", "77.34±0.12", "92.33±0.09", "-"),
+        "Ours (Point-MAE)": ("91.56±0.33", "91.38±0.40", "84.88±0.48", "93.35±0.17", "-"),
+    },
+}
+# Table 4: (global distillation, token shuffle, local distillation) -> paper MN40, OBJ_BG.
+TABLE4_ROWS = {
+    "stage2": ("✓", "✓", "✓", "94.3", "96.1"),
+    "stage2_variants/no_global": ("✗", "✓", "✓", "94.1", "95.8"),
+    "stage2_variants/no_shuffle": ("✓", "✗", "✓", "93.9", "95.7"),
+    "stage2_variants/local_only": ("✗", "✗", "✓", "93.6", "95.5"),
+    "stage2_variants/global_only": ("✓", "✗", "✗", "-", "-"),
+    "stage1": ("✗", "✗", "✗", "93.7", "95.0"),
+}
+TABLE7_ROWS = {
+    "stage2_variants/point_targets": ("Point clouds", "93.5"),
+    "stage2": ("Features", "94.0"),
+}
+TABLE8_ROWS = {  # paper MN40, ScanObjectNN (PB_T50_RS, as Table 3's "Ours" 90.1 shows)
+    "stage2_variants/joint": ("Joint training (single stage)", "92.2", "82.78"),
+    "stage1_variants/after_point_mae": ("Stage-2 -> Stage-1 (reversed order)", "93.6", "87.1"),
+    "stage2_variants/random_init": ("Stage-2 (random init)", "93.7", "88.2"),
+    "stage2": ("Ours (Point-MAE)", "94.0", "90.1"),
+}
+TABLE11_ROWS = {  # Stage-1 teachers -> (Stage-1 run, Stage-2 run)
+    "text + image (CLIP-like pair)": ("stage1_variants/clip_like", "stage2_variants/clip_like"),
+    "one image teacher (DINOv2-like)": ("stage1_variants/dino_like", "stage2_variants/dino_like"),
+    "all teachers": ("stage1", "stage2"),
+}
+PAPER_TABLE5 = {  # GPU hours on one A100: Stage-1, Stage-2, total, fine-tune; ScanObjectNN
+    "Point-MAE": ("-", "15.2h", "15.2h", "9h", "85.2"),
+    "Ours (Point-MAE)": ("24h", "30h", "54h", "9h", "90.1"),
+}
+
+
+def cell(mean: float, std: float) -> str:
+    """'mean ± std' with one decimal (percent)."""
+    if pd.isna(mean):
+        return "-"
+    return f"{mean:.1f} ± {std:.1f}"
+
+
+def accuracies(frame: pd.DataFrame, protocol: str, key: str = "acc") -> dict:
+    """{(checkpoint, column): 'mean ± std'} of one protocol of a results grid."""
+    out = {}
+    for _, row in frame[frame["protocol"] == protocol].iterrows():
+        variant = row["variant"] if isinstance(row["variant"], str) else ""
+        column = DATASET_COLUMNS[(_family(row["dataset"]), variant)]
+        out[(row["checkpoint"], column)] = cell(row.get(f"{key}_mean"), row.get(f"{key}_std"))
+    return out
+
+
+def _family(dataset: str) -> str:
+    return "modelnet40" if "modelnet" in dataset else "scanobjectnn"
+
+
+def table1(fewshot: dict) -> pd.DataFrame:
+    rows = {}
+    for r in fewshot["rows"]:
+        rows.setdefault(r["checkpoint"], {})[f"{r['way']}-way {r['shot']}-shot"] = cell(
+            r["acc_mean"], r["acc_std"]
+        )
+    frame = [{"method": LABELS.get(k, k), "source": "this run", **v} for k, v in rows.items()]
+    settings = ["5-way 10-shot", "5-way 20-shot", "10-way 10-shot", "10-way 20-shot"]
+    frame += [
+        {"method": k, "source": "paper", **dict(zip(settings, v, strict=True))}
+        for k, v in PAPER_TABLE1.items()
+    ]
+    return pd.DataFrame(frame).fillna("-")
+
+
+def table3(grid: pd.DataFrame) -> pd.DataFrame:
+    columns = ["OBJ_BG", "OBJ_ONLY", "PB_T50_RS", "MN40", "MN40 vote"]
+    rows = []
+    for protocol in ("full", "mlp3", "linear"):
+        acc = accuracies(grid, protocol)
+        vote = accuracies(grid, protocol, "acc_vote")
+        for checkpoint in dict.fromkeys(grid.loc[grid["protocol"] == protocol, "checkpoint"]):
+            row = {
+                "protocol": protocol,
+                "method": LABELS.get(checkpoint, checkpoint),
+                "source": "this run",
+            }
+            row.update({c: acc.get((checkpoint, c), "-") for c in columns[:4]})
+            row["MN40 vote"] = vote.get((checkpoint, "MN40"), "-")
+            rows.append(row)
+        for method, values in PAPER_TABLE3[protocol].items():
+            rows.append(
+                {
+                    "protocol": protocol,
+                    "method": method,
+                    "source": "paper",
+                    **dict(zip(columns, values, strict=True)),
+                }
+            )
+    return pd.DataFrame(rows)
+
+
+def table4(ablations: pd.DataFrame, protocol: str) -> pd.DataFrame:
+    acc = accuracies(ablations, protocol)
+    rows = []
+    for checkpoint, (g, s, loc, p_mn, p_bg) in TABLE4_ROWS.items():
+        rows.append(
+            {
+                "global distillation": g,
+                "token shuffling": s,
+                "local distillation": loc,
+                "MN40": acc.get((checkpoint, "MN40"), "-"),
+                "OBJ_BG": acc.get((checkpoint, "OBJ_BG"), "-"),
+                "paper MN40": p_mn,
+                "paper OBJ_BG": p_bg,
+                "run": checkpoint,
+            }
+        )
+    return pd.DataFrame(rows)
+
+
+def table7(ablations: pd.DataFrame, protocol: str) -> pd.DataFrame:
+    acc = accuracies(ablations, protocol)
+    return pd.DataFrame(
+        [
+            {
+                "target": target,
+                "MN40": acc.get((ckpt, "MN40"), "-"),
+                "paper MN40 (Point-MAE)": paper,
+                "run": ckpt,
+            }
+            for ckpt, (target, paper) in TABLE7_ROWS.items()
+        ]
+    )
+
+
+def table8(ablations: pd.DataFrame, protocol: str) -> pd.DataFrame:
+    acc = accuracies(ablations, protocol)
+    return pd.DataFrame(
+        [
+            {
+                "method": name,
+                "MN40": acc.get((ckpt, "MN40"), "-"),
+                "PB_T50_RS": acc.get((ckpt, "PB_T50_RS"), "-"),
+                "paper MN40": p_mn,
+                "paper ScanObjectNN": p_scan,
+                "run": ckpt,
+            }
+            for ckpt, (name, p_mn, p_scan) in TABLE8_ROWS.items()
+        ]
+    )
+
+
+def table11(ablations: pd.DataFrame, protocol: str) -> pd.DataFrame:
+    acc = accuracies(ablations, protocol)
+    rows = []
+    for teachers, (stage1, stage2) in TABLE11_ROWS.items():
+        rows.append(
+            {
+                "Stage-1 teachers": teachers,
+                "Stage-1 MN40": acc.get((stage1, "MN40"), "-"),
+                "Stage-1 OBJ_BG": acc.get((stage1, "OBJ_BG"), "-"),
+                "Stage-2 MN40": acc.get((stage2, "MN40"), "-"),
+                "Stage-2 OBJ_BG": acc.get((stage2, "OBJ_BG"), "-"),
+                "runs": f"{stage1}, {stage2}",
+            }
+        )
+    return pd.DataFrame(rows)
+
+
+def read_costs(root: str | Path = "reports/dvclive") -> dict[str, dict]:
+    """{run: cost.json} of every training run that wrote one (pretraining stages)."""
+    root = resolve(root)
+    return {
+        str(p.parent.relative_to(root)): json.loads(p.read_text())
+        for p in sorted(root.rglob("cost.json"))
+    }
+
+
+def table5(costs: dict, grid: pd.DataFrame, params_m: float) -> pd.DataFrame:
+    """Measured wall time, steps/s and peak memory per pretraining stage, next to the paper's
+    A100 GPU hours; fine-tuning time is the full-protocol MN40 run of each encoder."""
+
+    def minutes(run):
+        return costs[run]["wall_time_s"] / 60 if run in costs else float("nan")
+
+    def finetune_min(checkpoint):
+        rows = grid[
+            (grid["checkpoint"] == checkpoint)
+            & (grid["protocol"] == "full")
+            & (grid["dataset"].str.contains("modelnet"))
+        ]
+        return (
+            rows["wall_time_s_mean"].iloc[0] / 60
+            if len(rows) and "wall_time_s_mean" in rows
+            else float("nan")
+        )
+
+    scan = accuracies(grid, "full")
+    rows = []
+    for method, stage1, stage2, checkpoint in (
+        ("Point-MAE baseline", None, "stage2_variants/point_mae", "stage2_variants/point_mae"),
+        ("Ours (Stage-1 + Stage-2)", "pretrain_stage1", "pretrain_stage2", "stage2"),
+    ):
+        s1 = minutes(stage1) if stage1 else 0.0
+        s2 = minutes(stage2)
+        rows.append(
+            {
+                "method": method,
+                "#params (M)": round(params_m, 2),
+                "Stage-1 (min)": round(s1, 2) if stage1 else "-",
+                "Stage-2 (min)": round(s2, 2),
+                "total pretrain (min)": round(s1 + s2, 2),
+                "fine-tune MN40 (min)": round(finetune_min(checkpoint), 2),
+                "Stage-2 steps/s": costs.get(stage2, {}).get("steps_per_s", "-"),
+                "peak memory (MB)": costs.get(stage2, {}).get("peak_memory_mb", "-"),
+                "PB_T50_RS (full)": scan.get((checkpoint, "PB_T50_RS"), "-"),
+                "paper GPU h (S1 / S2 / total / FT)": " / ".join(
+                    PAPER_TABLE5[_paper_name(method)][:4]
+                ),
+                "paper ScanObjectNN": PAPER_TABLE5[_paper_name(method)][4],
+            }
+        )
+    return pd.DataFrame(rows)
+
+
+def _paper_name(method: str) -> str:
+    return "Point-MAE" if method.startswith("Point-MAE") else "Ours (Point-MAE)"
+
+
+def costs_frame(costs: dict) -> pd.DataFrame:
+    """Every training run's measured cost (one row per run with a cost.json)."""
+    return pd.DataFrame(
+        [
+            {"run": run, "wall time (s)": c["wall_time_s"], "steps/s": c["steps_per_s"],
+             "peak memory (MB)": c["peak_memory_mb"], "epochs": c["epochs"], "device": c["device"]}
+            for run, c in costs.items()
+        ]
+    )  # fmt: skip
+
+
+TABLES = {  # stem -> (paper table, what it shows)
+    "table1_fewshot": ("Table 1", "few-shot classification, mean ± std over folds"),
+    "table2_zeroshot": ("Table 2", "zero-shot classification (zeroshot stage)"),
+    "table3_classification": ("Table 3", "classification: full / MLP-3 / MLP-Linear protocols"),
+    "table4_stage2_components": ("Table 4", "Stage-2 components (global, shuffle, local)"),
+    "table5_training_cost": ("Table 5", "training cost, measured on this machine"),
+    "table5_all_runs": ("Table 5", "cost of every pretraining run"),
+    "table7_targets": ("Table 7", "feature targets vs point reconstruction"),
+    "table8_baselines": ("Table 8", "joint, reversed-order and random-init baselines"),
+    "table11_teachers": ("Table 11", "single vs all Stage-1 teachers, each + Stage-2"),
+    "models": ("-", "backbone size, FLOPs and step time"),
+}
+
+
+def build_all(
+    out_dir: str | Path,
+    *,
+    grid: pd.DataFrame,
+    ablations: pd.DataFrame,
+    fewshot: dict,
+    costs: dict,
+    params_m: float,
+    ablation_protocol: str,
+    context: str,
+) -> dict[str, pd.DataFrame]:
+    """Write every table (markdown + CSV) and ``README.md`` indexing them; ``context`` names
+    the profile and the machine and heads every caption."""
+    out_dir = resolve(out_dir)
+    protocol = {"linear": "MLP-Linear", "mlp3": "MLP-3", "full": "full fine-tuning"}[
+        ablation_protocol
+    ]
+    frames = {
+        "table1_fewshot": table1(fewshot),
+        "table3_classification": table3(grid),
+        "table4_stage2_components": table4(ablations, ablation_protocol),
+        "table5_training_cost": table5(costs, grid, params_m),
+        "table5_all_runs": costs_frame(costs),
+        "table7_targets": table7(ablations, ablation_protocol),
+        "table8_baselines": table8(ablations, ablation_protocol),
+        "table11_teachers": table11(ablations, ablation_protocol),
+    }
+    for stem, frame in frames.items():
+        paper, what = TABLES[stem]
+        note = f" This run: {protocol} protocol." if stem in _ABLATION_TABLES else ""
+        caption = f"**{paper}: {what}.** {context}.{note} Accuracy in %, mean ± std over seeds."
+        write_table(frame, out_dir / stem, caption=caption, floatfmt=".2f")
+    lines = [
+        "# Report tables",
+        "",
+        context + ".",
+        "",
+        "| file | paper | content |",
+        "|---|---|---|",
+    ]
+    lines += [f"| [{s}.md]({s}.md) | {p} | {w} |" for s, (p, w) in TABLES.items()]
+    (out_dir / "README.md").write_text("\n".join(lines) + "\n")
+    return frames
+
+
+_ABLATION_TABLES = (
+    "table4_stage2_components",
+    "table7_targets",
+    "table8_baselines",
+    "table11_teachers",
+)
+
+
+def context(smoke: bool | None = None, params_path=None) -> str:
+    """'Profile: ...; machine: ...' for captions: the params.yaml profile (and smoke flag,
+    ``None`` reading it from params.yaml) and where this ran."""
+    params = read_params(params_path)
+    smoke = params.get("smoke", False) if smoke is None else smoke
+    profile = params.get("profile", "embedded")
+    name = "embedded default (procedural stand-ins)" if profile == "embedded" else "paper profile"
+    return f"Profile: {name}{' at smoke size' if smoke else ''}; machine: {machine()}"

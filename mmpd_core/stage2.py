@@ -1,0 +1,307 @@
+"""Stage-2: masked point distillation from the frozen Stage-1 encoder (paper Section 4.2).
+
+Per batch the cloud is grouped once (FPS + kNN). The frozen teacher (the Stage-1 encoder, eval
+mode) encodes the **full** cloud: its tokens z^1 (B, G, D) are the local targets, its global
+feature f^1 = [cls, max over tokens] (B, 2D) the global target. The student encoder sees the
+cls token and the visible patches only; they are tokenized alone, so not even BatchNorm
+statistics carry masked points. Then
+
+- local distillation, Eq. (4): [visible tokens, mask tokens] in centre order, contents
+  permuted (``shuffle``), **then** the positional embedding of each slot's own centre added
+  before every decoder block; slot i is scored against the teacher token of group i, for every
+  slot, visible and masked (negative cosine);
+- global distillation, Eq. (5): the encoder's outputs, unshuffled and without positions,
+  through a transformer (or token-wise MLP) decoder, pooled like the teacher ([cls, max]);
+- Eq. (6): the sum.
+
+One model runs every pretraining ablation: shuffle or a term off (Table 4), point targets
+(Point-MAE's Chamfer-L2 on masked patches, Table 7), random student init (Table 8), the
+Point-MAE baseline (no teacher) and joint single-stage training (Table 8: Stage-1 alignment on
+the same encoder, whose own full-cloud features, detached, are the distillation targets).
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from mmpd_core import engine
+from mmpd_core.checkpoint import unwrap
+from mmpd_core.config import Stage2Stage, resolve
+from mmpd_core.data.datasets import ShapeNet55Dataset
+from mmpd_core.distributed import is_main_process
+from mmpd_core.layers import Mlp, TransformerStack, position_mlp
+from mmpd_core.losses import (
+    LogitScale,
+    global_distillation_loss,
+    local_distillation_loss,
+    masked_point_loss,
+)
+from mmpd_core.models import (
+    PointTransformer,
+    create_model,
+    init_weights,
+    load_encoder,
+    save_encoder,
+)
+from mmpd_core.shuffle import Masking, gather_tokens, random_masking, random_permutation
+from mmpd_core.stage1 import Stage1Step
+from mmpd_core.teacher_cache import TargetSource, TeacherCache
+from mmpd_core.tracking import write_cost
+
+
+class LocalDecoder(nn.Module):
+    """Eq. (4) decoder: mask tokens fill the masked groups, contents are shuffled, positions
+    are not; a linear head maps every slot to a target (a teacher token or 3K coordinates)."""
+
+    def __init__(self, dim: int, out_dim: int, depth: int, num_heads: int):
+        super().__init__()
+        self.mask_token = nn.Parameter(torch.zeros(1, 1, dim))
+        self.pos_embed = position_mlp(dim)
+        self.transformer = TransformerStack(dim, depth, num_heads)
+        self.head = nn.Linear(dim, out_dim)
+        self.apply(init_weights)
+        nn.init.trunc_normal_(self.mask_token, std=0.02)
+
+    def decoder_input(
+        self, visible: torch.Tensor, masking: Masking, perm: torch.Tensor
+    ) -> torch.Tensor:
+        """Slot contents before positions: slot i holds group perm[i]'s token (B, G, D)."""
+        batch, _, dim = visible.shape
+        masked = self.mask_token.expand(batch, masking.mask_idx.shape[1], dim)  # (B, M, D)
+        ordered = gather_tokens(torch.cat([visible, masked], 1), masking.restore_idx)  # (B, G, D)
+        return gather_tokens(ordered, perm)  # (B, G, D)
+
+    def forward(self, slots: torch.Tensor, centers: torch.Tensor) -> torch.Tensor:
+        """slots (B, G, D) from ``decoder_input``; slot i sits at centre i (B, G, 3)."""
+        return self.head(self.transformer(slots, self.pos_embed(centers)))  # (B, G, out)
+
+
+class GlobalDecoder(nn.Module):
+    """Eq. (5) decoder: encoder outputs [cls, visible] (no shuffle, no positions) -> (B, out)."""
+
+    def __init__(self, dim: int, out_dim: int, kind: str, depth: int, num_heads: int):
+        super().__init__()
+        if kind == "transformer":
+            self.body = TransformerStack(dim, depth, num_heads)
+        else:  # a token-wise MLP
+            self.body = nn.Sequential(nn.LayerNorm(dim), Mlp(dim, 4 * dim))
+        self.head = nn.Linear(2 * dim, out_dim)
+        self.apply(init_weights)
+
+    def forward(self, encoded: torch.Tensor) -> torch.Tensor:
+        x = self.body(encoded)  # (B, 1+V, D)
+        return self.head(torch.cat([x[:, 0], x[:, 1:].amax(dim=1)], dim=-1))  # (B, out)
+
+
+class Stage2Model(nn.Module):
+    """Student encoder + local / global decoders (+ Stage-1 heads for joint training)."""
+
+    def __init__(
+        self,
+        encoder: PointTransformer,
+        *,
+        local_target: str,
+        global_distill: bool,
+        decoder_depth: int,
+        decoder_heads: int,
+        global_decoder: str = "transformer",
+        global_decoder_depth: int = 1,
+        teacher_dims: dict[str, int] | None = None,
+    ):
+        super().__init__()
+        self.encoder = encoder
+        self.local_target = local_target
+        dim, k = encoder.config.trans_dim, encoder.config.group_size
+        self.local = None
+        if local_target != "none":
+            out_dim = dim if local_target == "features" else 3 * k
+            self.local = LocalDecoder(dim, out_dim, decoder_depth, decoder_heads)
+        self.global_decoder = None
+        if global_distill:
+            self.global_decoder = GlobalDecoder(
+                dim, 2 * dim, global_decoder, global_decoder_depth, decoder_heads
+            )
+        self.heads = self.logit_scales = None
+        if teacher_dims:
+            self.heads = nn.ModuleDict({n: nn.Linear(2 * dim, d) for n, d in teacher_dims.items()})
+            self.logit_scales = nn.ModuleDict({n: LogitScale() for n in teacher_dims})
+
+    def forward_encoder(
+        self, neighborhood: torch.Tensor, centers: torch.Tensor, masking: Masking
+    ) -> torch.Tensor:
+        """The student on [cls, visible patches]: (B, 1+V, D); masked patches never enter."""
+        batch, groups, k, _ = neighborhood.shape
+        flat = neighborhood.reshape(batch, groups, k * 3)  # (B, G, 3K)
+        visible = gather_tokens(flat, masking.keep_idx).reshape(batch, -1, k, 3)  # (B, V, K, 3)
+        vis_centers = gather_tokens(centers, masking.keep_idx)  # (B, V, 3)
+        return self.encoder.forward_encoder(self.encoder.tokenizer(visible), vis_centers)
+
+    def forward(self, neighborhood, centers, masking: Masking, perm: torch.Tensor) -> dict:
+        """Predictions: ``local`` (B, G, out) with its ``slots``, ``global`` (B, 2D), and for
+        joint training ``full`` (the encoder on the whole cloud) and ``embeddings``."""
+        encoded = self.forward_encoder(neighborhood, centers, masking)
+        out = {}
+        if self.local is not None:
+            out["slots"] = self.local.decoder_input(encoded[:, 1:], masking, perm)
+            out["local"] = self.local(out["slots"], centers)
+        if self.global_decoder is not None:
+            out["global"] = self.global_decoder(encoded)
+        if self.heads is not None:
+            out["full"] = self.encoder.forward_patches(neighborhood, centers)
+            out["embeddings"] = {n: h(out["full"]["global"]) for n, h in self.heads.items()}
+        return out
+
+    def scales(self) -> dict[str, torch.Tensor]:
+        return {name: scale() for name, scale in self.logit_scales.items()}
+
+
+def token_cosines(pred: torch.Tensor, target: torch.Tensor, mask: torch.Tensor, prefix: str):
+    """Mean cosine of (B, G, D) predictions vs targets over masked and over visible groups."""
+    cos = F.cosine_similarity(pred.float(), target.float(), dim=-1)  # (B, G)
+    return {
+        f"{prefix}_masked": cos[mask].mean().item(),
+        f"{prefix}_visible": cos[~mask].mean().item(),
+    }
+
+
+class Stage2Step:
+    """``step_fn`` for the engine: mask, shuffle, distil (Eq. 6), plus the joint/point variants.
+
+    Logged per step: each loss term; ``cos_masked`` / ``cos_visible`` (decoder output vs teacher
+    token); ``copy_cos_visible`` (the slot's *input* content vs the teacher token of that slot:
+    what a decoder returning its input would score — the shortcut the shuffle removes).
+    """
+
+    def __init__(
+        self,
+        teacher: PointTransformer | None,
+        *,
+        mask_ratio: float,
+        shuffle: bool,
+        align: Stage1Step | None = None,
+    ):
+        self.teacher = None if teacher is None else teacher.eval().requires_grad_(False)
+        self.mask_ratio, self.shuffle, self.align = mask_ratio, shuffle, align
+
+    @torch.no_grad()
+    def teacher_targets(self, neighborhood, centers) -> dict[str, torch.Tensor]:
+        """The frozen teacher on the full cloud: tokens (B, G, D), global (B, 2D)."""
+        self.teacher.to(neighborhood.device).eval()
+        return self.teacher.forward_patches(neighborhood, centers)
+
+    def draw(self, batch: int, groups: int, generator, device) -> tuple[Masking, torch.Tensor]:
+        """The masking and the content permutation of one batch (identity without shuffle)."""
+        masking = random_masking(batch, groups, self.mask_ratio, generator=generator, device=device)
+        if self.shuffle:
+            return masking, random_permutation(batch, groups, generator=generator, device=device)
+        return masking, torch.arange(groups, device=device).expand(batch, groups)
+
+    def __call__(self, model, batch, generator):
+        module = unwrap(model)
+        neighborhood, centers = module.encoder.group(batch["points"])
+        masking, perm = self.draw(*centers.shape[:2], generator, centers.device)
+        out = model(neighborhood, centers, masking, perm)
+        if self.teacher is not None:
+            targets = self.teacher_targets(neighborhood, centers)
+        else:  # joint training: the model's own full-cloud features, detached
+            targets = {k: v.detach() for k, v in out.get("full", {}).items()}
+        terms, metrics = {}, {}
+        if module.local_target == "features":
+            terms["local"] = local_distillation_loss(out["local"], targets["tokens"])
+            metrics.update(
+                token_cosines(out["local"].detach(), targets["tokens"], masking.mask, "cos")
+            )
+            metrics.update(
+                token_cosines(out["slots"].detach(), targets["tokens"], masking.mask, "copy_cos")
+            )
+        elif module.local_target == "points":
+            terms["local"] = masked_point_loss(out["local"], neighborhood, masking.mask_idx)
+        if "global" in out:
+            terms["global"] = global_distillation_loss(out["global"], targets["global"])
+        if self.align is not None:
+            terms["align"], align_metrics = self.align.align_loss(
+                out["embeddings"], batch["name"], module.scales(), generator
+            )
+            metrics.update(align_metrics)
+        metrics.update({f"loss_{name}": term.item() for name, term in terms.items()})
+        return torch.stack(list(terms.values())).sum(), metrics
+
+
+def build_student(cfg: Stage2Stage, teacher: PointTransformer | None) -> PointTransformer:
+    """A copy of the teacher (``init: teacher``) or a fresh encoder of the same shape."""
+    if teacher is not None and cfg.init == "teacher":
+        return copy.deepcopy(teacher).train().requires_grad_(True)
+    if teacher is not None:
+        return PointTransformer(teacher.config)
+    return create_model(cfg.model)
+
+
+def build_model(cfg: Stage2Stage, student: PointTransformer, teacher_dims=None) -> Stage2Model:
+    return Stage2Model(
+        student,
+        local_target=cfg.local_target,
+        global_distill=cfg.global_distill,
+        decoder_depth=cfg.decoder_depth,
+        decoder_heads=cfg.decoder_heads,
+        global_decoder=cfg.global_decoder,
+        global_decoder_depth=cfg.global_decoder_depth,
+        teacher_dims=teacher_dims,
+    )
+
+
+def evaluate(module: Stage2Model, step: Stage2Step, loader, seed: int) -> dict[str, float]:
+    """Held-out loss terms and cosines with a fixed masking per batch (comparable over epochs)."""
+    sums, count = {}, 0
+    for i, batch in enumerate(loader):
+        device = next(module.parameters()).device
+        batch = engine.to_device(batch, device)
+        loss, metrics = step(module, batch, torch.Generator().manual_seed(seed + i))
+        for name, value in {"loss": loss.item(), **metrics}.items():
+            sums[name] = sums.get(name, 0.0) + value
+        count += 1
+    return {name: value / count for name, value in sums.items()}
+
+
+def run_stage(cfg: Stage2Stage, *, resume: bool = False) -> engine.TrainResult:
+    """Train one Stage-2 configuration on the pretraining shapes; write its encoder."""
+    data_manifest = json.loads(resolve(cfg.data_manifest).read_text())
+    root = resolve(data_manifest["roots"]["shapenet55"])
+    train_set = ShapeNet55Dataset(root, "train", cfg.num_points, seed=cfg.seed)
+    test_set = ShapeNet55Dataset(root, "test", cfg.num_points, seed=cfg.seed)
+    torch.manual_seed(cfg.seed)
+    teacher = load_encoder(resolve(cfg.teacher_dir)) if cfg.teacher_dir else None
+    align, teacher_dims = None, None
+    if cfg.joint:
+        targets = TargetSource.from_cache(TeacherCache(resolve(cfg.cache_dir), cfg.teachers))
+        align, teacher_dims = Stage1Step(targets), {n: targets.dims[n] for n in cfg.teachers}
+    model = build_model(cfg, build_student(cfg, teacher), teacher_dims)
+    step = Stage2Step(teacher, mask_ratio=cfg.mask_ratio, shuffle=cfg.shuffle, align=align)
+    loader = torch.utils.data.DataLoader(test_set, batch_size=64)
+    out_dir = resolve(cfg.out_dir)
+    result = engine.train(
+        model,
+        step,
+        train_set,
+        engine.config_from(
+            cfg, out_dir=str(out_dir / "checkpoints"), live_dir=str(resolve(cfg.live_dir))
+        ),
+        eval_fn=lambda module, epoch: evaluate(module, step, loader, cfg.seed),
+        resume=resume,
+        checkpoint_config={"model": model.encoder.config.to_dict(), "stage2": vars_of(cfg)},
+    )
+    if is_main_process():
+        save_encoder(
+            out_dir, model.encoder, extra={"stage": "pretrain_stage2", "config": vars_of(cfg)}
+        )
+        write_cost(resolve(cfg.live_dir), result)
+    return result
+
+
+def vars_of(cfg) -> dict:
+    """A stage config as a plain dict (stored with checkpoints)."""
+    return {k: list(v) if isinstance(v, tuple) else v for k, v in vars(cfg).items()}

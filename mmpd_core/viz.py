@@ -1,0 +1,67 @@
+"""t-SNE figures of global features (openTSNE, fixed seed) with a silhouette score per panel."""
+
+from __future__ import annotations
+
+import dataclasses
+
+import matplotlib.pyplot as plt
+import numpy as np
+import torch
+from openTSNE import TSNE
+from sklearn.metrics import silhouette_score
+
+from mmpd_core.config import FinetuneStage, TsneStage
+from mmpd_core.finetune import frozen_features, load_splits, make_head, recipe_of, train_head
+
+
+def embed(feats: np.ndarray, *, seed: int, perplexity: float) -> np.ndarray:
+    """2-D t-SNE of (M, C) features; perplexity is capped at (M - 1) / 3 as t-SNE requires."""
+    perplexity = min(perplexity, (len(feats) - 1) / 3)
+    tsne = TSNE(n_components=2, perplexity=perplexity, random_state=seed, n_jobs=1, verbose=False)
+    return np.asarray(tsne.fit(feats))
+
+
+def panel(cfg: TsneStage, base: FinetuneStage, checkpoint: str, features: dict) -> dict:
+    """One encoder: test-split features, their embedding and silhouette scores (2-D embedding
+    and cosine in feature space). ``correct_only`` keeps the test clouds a linear head trained
+    on the frozen training features classifies correctly."""
+    run = dataclasses.replace(base, checkpoint=checkpoint, dataset=cfg.dataset, variant=cfg.variant)
+    recipe = recipe_of(run)
+    data = load_splits(run, recipe)
+    (train_x, train_y), (test_x, test_y), config = frozen_features(run, recipe, data, features)
+    keep = torch.ones(len(test_y), dtype=torch.bool)
+    if cfg.correct_only:
+        head = train_head(
+            make_head("linear", train_x.shape[1], data[2], config),
+            train_x,
+            train_y,
+            recipe,
+            cfg.seed,
+        )
+        with torch.no_grad():
+            keep = head(test_x).argmax(1) == test_y
+    feats, labels = test_x[keep].numpy(), test_y[keep].numpy()
+    points = embed(feats, seed=cfg.seed, perplexity=cfg.perplexity)
+    return {
+        "checkpoint": checkpoint,
+        "embedding": points,
+        "labels": labels,
+        "silhouette_tsne": float(silhouette_score(points, labels)),
+        "silhouette_features": float(silhouette_score(feats, labels, metric="cosine")),
+        "samples": len(labels),
+    }
+
+
+def figure(panels: list[dict], titles: dict[str, str], caption: str):
+    """One scatter per encoder, coloured by class, silhouette in the title."""
+    fig, axes = plt.subplots(1, len(panels), figsize=(4.2 * len(panels), 4.4), squeeze=False)
+    cmap = plt.get_cmap("tab20")
+    for ax, p in zip(axes[0], panels, strict=True):
+        ax.scatter(*p["embedding"].T, c=cmap(p["labels"] % 20), s=6, linewidths=0)
+        name = titles.get(p["checkpoint"], p["checkpoint"])
+        ax.set_title(f"{name}\nsilhouette {p['silhouette_tsne']:.2f}", fontsize=10)
+        ax.set_xticks([])
+        ax.set_yticks([])
+    fig.suptitle(caption, fontsize=10)
+    fig.tight_layout()
+    return fig

@@ -1,0 +1,171 @@
+"""Downstream evaluation: protocols, voting, few-shot episodes, grids, tables, t-SNE."""
+
+import dataclasses
+import json
+
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+
+from mmpd_core import config, engine, fewshot, finetune, report, viz
+from mmpd_core.data import readers
+from mmpd_core.data.datasets import CloudDataset
+from mmpd_core.data.shapes import CATEGORIES, sample_shape
+from mmpd_core.models import ModelConfig, PointTransformer, save_encoder
+
+SMALL = ModelConfig(trans_dim=32, depth=1, num_heads=2, num_groups=16, group_size=16)
+RECIPE = finetune.Recipe(
+    num_points=256, num_groups=16, augment="scale_translate", epochs=3, batch_size=8, lr=1e-3,
+    weight_decay=0.05, warmup_epochs=0, min_lr=1e-6, grad_clip=10.0, drop_path_rate=0.0,
+    amp="none", head_epochs=150, head_lr=1e-2,
+)  # fmt: skip
+
+
+def clouds(per_class: int, classes: int = 3, offset: int = 0, channels: int = 3):
+    points = [
+        sample_shape(CATEGORIES[c], offset + i, 0, 256).points
+        for c in range(classes)
+        for i in range(per_class)
+    ]
+    points = np.stack(points).astype(np.float32)
+    if channels == 6:
+        points = np.concatenate([points, np.zeros_like(points)], axis=-1)
+    return points, np.repeat(np.arange(classes), per_class)
+
+
+def test_frozen_encoder_features_are_deterministic_and_a_head_separates_classes():
+    encoder = PointTransformer(SMALL)
+    data = CloudDataset(*clouds(6), 256)
+    feats, labels = finetune.extract_features(encoder, data, amp="none")
+    again, _ = finetune.extract_features(encoder, data, amp="none")
+    assert feats.shape == (18, 64) and torch.equal(feats, again)
+    assert not any(p.grad is not None for p in encoder.parameters())
+    head = finetune.train_head(finetune.make_head("linear", 64, 3, SMALL), feats, labels, RECIPE, 0)
+    assert finetune.accuracy(head(feats), labels) == 1.0
+    mlp3 = finetune.make_head("mlp3", 64, 3, SMALL)
+    assert [type(m).__name__ for m in mlp3][:2] == ["Linear", "BatchNorm1d"]
+    assert not any(p.requires_grad for p in head[0].parameters())  # the probe's BN has none
+
+
+def test_votes_average_augmented_passes_and_never_take_a_max():
+    model = PointTransformer(dataclasses.replace(SMALL, num_classes=3)).eval()
+    data = CloudDataset(*clouds(2), 256)
+    plain, voted, labels = finetune.predict(model, data, RECIPE, votes=3, seed=7)
+    generator = torch.Generator().manual_seed(7)
+    points = torch.stack([data[i]["points"] for i in range(len(data))])
+    with torch.no_grad():
+        passes = [model(finetune.augment(points, RECIPE, generator)) for _ in range(3)]
+        torch.testing.assert_close(plain, model(points))
+    torch.testing.assert_close(voted, torch.stack(passes).mean(0))
+    assert torch.equal(labels, torch.as_tensor(data.labels))
+    _, no_votes, _ = finetune.predict(model, data, RECIPE, votes=0, seed=7)
+    torch.testing.assert_close(no_votes, plain)
+
+
+def test_full_finetuning_learns_a_small_training_set(tmp_path):
+    model = PointTransformer(dataclasses.replace(SMALL, num_classes=3))
+    data = CloudDataset(*clouds(8), 256)
+    cfg = engine.config_from(
+        dataclasses.replace(RECIPE, epochs=6, augment="none"), seed=0, accumulation=1,
+        num_workers=0, out_dir=str(tmp_path / "ck"), live_dir=str(tmp_path / "live"),
+    )  # fmt: skip
+    result = engine.train(model, finetune.ClassifierStep(RECIPE), data, cfg)
+    losses = [h["train/loss"] for h in result.history]
+    assert losses[-1] < losses[0]
+
+
+def test_summary_is_mean_and_sample_std_over_seeds():
+    rows = [
+        {"acc": 0.5, "acc_vote": 0.6, "train_acc": 1.0},
+        {"acc": 0.7, "acc_vote": 0.6, "train_acc": 1.0},
+    ]
+    out = finetune.summarise(rows)
+    assert out["acc_mean"] == pytest.approx(60.0) and out["acc_std"] == pytest.approx(14.1421356)
+    assert out["acc_vote_std"] == 0.0
+    frozen = finetune.summarise([{"acc": 0.5, "acc_vote": float("nan"), "train_acc": 1.0}])
+    assert "acc_vote_mean" not in frozen and frozen["acc_std"] == 0.0
+
+
+def test_grid_covers_every_cell_and_names_runs():
+    grid = config.load("classification", smoke=False)
+    base = config.load("finetune", smoke=False)
+    configs = finetune.grid_configs(grid, base)
+    assert len(configs) == len(grid.checkpoints) * len(grid.datasets) * len(grid.protocols)
+    scan = [c for c in configs if c.dataset == "scanobjectnn" and c.variant == "pb_t50_rs"]
+    assert scan and all(c.seeds == grid.seeds and c.out_dir == grid.out_dir for c in configs)
+    tag = finetune.run_tag(scan[0])
+    assert tag.startswith("scanobjectnn-pb_t50_rs__") and "/" not in tag
+    assert finetune.checkpoint_name("runs/stage2_variants/joint") == "stage2_variants/joint"
+
+
+def test_checkpoints_load_by_kind_and_fail_clearly(tmp_path):
+    assert finetune.load_pretrained("scratch", "point_mae_tiny").config.trans_dim == 128
+    encoder = PointTransformer(SMALL)
+    save_encoder(tmp_path, encoder)
+    loaded = finetune.load_pretrained(str(tmp_path), "point_mae_tiny", num_classes=4)
+    assert loaded.config.trans_dim == 32 and loaded.head is not None
+    with pytest.raises(FileNotFoundError, match="no pretrained encoder"):
+        finetune.load_pretrained(str(tmp_path / "missing"), "point_mae_tiny")
+    with pytest.raises(ValueError, match="unknown dataset"):
+        finetune.dataset_family("shapenet")
+
+
+def test_fewshot_episodes_from_official_pickles(tmp_path):
+    root = tmp_path / "ModelNetFewshot"
+    for fold in range(2):
+        support, support_y = clouds(2, 2, offset=10 * fold, channels=6)
+        query, query_y = clouds(3, 2, offset=100 + 10 * fold, channels=6)
+        episode = {
+            "train": [(p, int(y), int(y)) for p, y in zip(support, support_y, strict=True)],
+            "test": [(p, int(y), int(y)) for p, y in zip(query, query_y, strict=True)],
+        }
+        readers.write_fewshot_fold(root, 2, 2, fold, episode)
+    save_encoder(tmp_path / "enc", PointTransformer(SMALL))
+    (tmp_path / "manifest.json").write_text(json.dumps({"roots": {"fewshot": str(root)}}))
+    cfg = config.FewshotStage(
+        checkpoints=(str(tmp_path / "enc"),), ways=(2,), shots=(2,), folds=2, protocol="linear",
+        model="point_mae_tiny", seed=0, data_manifest=str(tmp_path / "manifest.json"),
+        recipe=dataclasses.asdict(RECIPE), out_dir=str(tmp_path / "runs"),
+        results_dir=str(tmp_path / "results"),
+    )  # fmt: skip
+    rows = fewshot.run(cfg)
+    assert len(rows) == 1 and rows[0]["folds"] == 2 and len(rows[0]["accs"]) == 2
+    assert rows[0]["acc_mean"] == pytest.approx(np.mean(rows[0]["accs"]))
+    for acc in rows[0]["accs"]:  # 6 queries: a multiple of 100/6
+        assert acc * 6 / 100 == pytest.approx(round(acc * 6 / 100), abs=1e-4)
+    saved = json.loads((tmp_path / "results/fewshot.json").read_text())
+    assert saved["rows"][0]["accs"] == rows[0]["accs"]
+
+
+def test_report_tables_put_this_run_beside_the_paper():
+    grid = pd.DataFrame(
+        [
+            {"dataset": "modelnet40", "variant": np.nan, "checkpoint": "stage2", "protocol": "full",
+             "acc_mean": 91.25, "acc_std": 0.5, "acc_vote_mean": 92.0, "acc_vote_std": 0.0},
+            {"dataset": "scanobjectnn", "variant": "obj_bg", "checkpoint": "stage2",
+             "protocol": "full", "acc_mean": 80.0, "acc_std": 1.0},
+        ]
+    )  # fmt: skip
+    table = report.table3(grid)
+    ours = table[(table["source"] == "this run") & (table["protocol"] == "full")].iloc[0]
+    assert ours["MN40"] == "91.2 ± 0.5" and ours["MN40 vote"] == "92.0 ± 0.0"
+    assert ours["OBJ_BG"] == "80.0 ± 1.0" and ours["PB_T50_RS"] == "-"
+    paper = table[(table["source"] == "paper") & (table["method"] == "Ours (Point-MAE)")]
+    assert paper.iloc[0]["PB_T50_RS"] == "90.10"
+    table4 = report.table4(grid.assign(protocol="linear"), "linear")
+    assert table4.iloc[0]["MN40"] == "91.2 ± 0.5" and table4.iloc[0]["paper MN40"] == "94.3"
+
+
+def test_tsne_is_seeded_and_silhouette_tracks_separation():
+    rng = np.random.default_rng(0)
+    centres = np.repeat(np.eye(3) * 10, 20, axis=0)
+    feats = (centres + rng.normal(size=centres.shape)).astype(np.float32)
+    a = viz.embed(feats, seed=1, perplexity=30.0)
+    b = viz.embed(feats, seed=1, perplexity=30.0)
+    assert a.shape == (60, 2) and np.array_equal(a, b)
+    labels = np.repeat(np.arange(3), 20)
+    from sklearn.metrics import silhouette_score
+
+    assert silhouette_score(a, labels) > 0.5
+    assert silhouette_score(a, rng.permutation(labels)) < 0.1
