@@ -3,8 +3,8 @@ other application layer). ``python -m mmpd_core.cli --help``.
 
 - ``zeroshot CLOUD --classes a,b,c``: rank class names for one point cloud (.ply/.npy/.txt)
   with a Stage-1 model;
-- ``stage1``: Stage-1 pretraining from params.yaml, the entry point for
-  ``torchrun --nproc_per_node N -m mmpd_core.cli stage1`` (DDP).
+- ``stage1`` / ``stage2 [--variant NAME]``: pretraining from params.yaml, the entry points
+  for ``torchrun --nproc_per_node N -m mmpd_core.cli stage2`` (DDP).
 """
 
 from __future__ import annotations
@@ -34,11 +34,14 @@ def zeroshot_command(args) -> None:
         print(f"{rank}. {label}  ({score:.3f})")
 
 
-def stage1_command(args) -> None:
-    from mmpd_core import config, stage1
+def pretrain_command(args) -> None:
+    from mmpd_core import config, stage1, stage2
 
-    cfg = config.load("pretrain_stage1", smoke=args.smoke)
-    result = stage1.run_stage(cfg, resume=args.resume)
+    stage, module = {"stage1": ("pretrain_stage1", stage1), "stage2": ("pretrain_stage2", stage2)}[
+        args.command
+    ]
+    cfg = config.load(stage, smoke=args.smoke, variant=args.variant)
+    result = module.run_stage(cfg, resume=args.resume)
     print(f"done: {result.final}")
 
 
@@ -53,10 +56,12 @@ def main(argv=None) -> None:
     zs.add_argument("--top", type=int, default=5)
     zs.add_argument("--points", type=int, default=1024, help="FPS the cloud down to this many")
     zs.set_defaults(run=zeroshot_command)
-    s1 = sub.add_parser("stage1", help="Stage-1 pretraining (works under torchrun)")
-    s1.add_argument("--smoke", action="store_true", default=None)
-    s1.add_argument("--resume", action="store_true")
-    s1.set_defaults(run=stage1_command)
+    for name in ("stage1", "stage2"):
+        pre = sub.add_parser(name, help=f"{name} pretraining from params.yaml (torchrun: DDP)")
+        pre.add_argument("--smoke", action="store_true", default=None)
+        pre.add_argument("--variant", default="", help="a name under variants.pretrain_<stage>")
+        pre.add_argument("--resume", action="store_true")
+        pre.set_defaults(run=pretrain_command)
     args = parser.parse_args(argv)
     args.run(args)
 

@@ -315,6 +315,7 @@ def run(cfg: FinetuneStage, *, features: dict | None = None) -> dict:
         "selection": "last epoch",
         "recipe": dataclasses.asdict(recipe),
         "seeds": rows,
+        "n_seeds": len(rows),
         **summarise(rows),
     }
     path = resolve(cfg.results_dir) / f"{tag}.json"

@@ -80,11 +80,11 @@ PAPER_TABLE5 = {  # GPU hours on one A100: Stage-1, Stage-2, total, fine-tune; S
 }
 
 
-def cell(mean: float, std: float) -> str:
-    """'mean ± std' with one decimal (percent)."""
+def cell(mean: float, std: float, n: int = 2) -> str:
+    """'mean ± std' with one decimal (percent); a single seed has no spread: 'mean (n=1)'."""
     if pd.isna(mean):
         return "-"
-    return f"{mean:.1f} ± {std:.1f}"
+    return f"{mean:.1f} (n=1)" if n == 1 else f"{mean:.1f} ± {std:.1f}"
 
 
 def accuracies(frame: pd.DataFrame, protocol: str, key: str = "acc") -> dict:
@@ -93,7 +93,8 @@ def accuracies(frame: pd.DataFrame, protocol: str, key: str = "acc") -> dict:
     for _, row in frame[frame["protocol"] == protocol].iterrows():
         variant = row["variant"] if isinstance(row["variant"], str) else ""
         column = DATASET_COLUMNS[(_family(row["dataset"]), variant)]
-        out[(row["checkpoint"], column)] = cell(row.get(f"{key}_mean"), row.get(f"{key}_std"))
+        n = int(row.get("n_seeds", 2)) if pd.notna(row.get("n_seeds", 2)) else 2
+        out[(row["checkpoint"], column)] = cell(row.get(f"{key}_mean"), row.get(f"{key}_std"), n)
     return out
 
 
@@ -326,7 +327,10 @@ def build_all(
     for stem, frame in frames.items():
         paper, what = TABLES[stem]
         note = f" This run: {protocol} protocol." if stem in _ABLATION_TABLES else ""
-        caption = f"**{paper}: {what}.** {context}.{note} Accuracy in %, mean ± std over seeds."
+        caption = (
+            f"**{paper}: {what}.** {context}.{note} Accuracy in %: mean ± std over seeds "
+            "(few-shot: over folds); 'n=1' marks a single seed, which has no spread."
+        )
         write_table(frame, out_dir / stem, caption=caption, floatfmt=".2f")
     lines = [
         "# Report tables",

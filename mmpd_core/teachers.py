@@ -340,9 +340,13 @@ class OpenClipTeacher(Teacher):
         )
         if tag_cfg:  # cached by create_model: this only finds the file
             checkpoint = Path(open_clip.download_pretrained(tag_cfg))
+        files = [checkpoint] if checkpoint else []
+        if model.startswith("local-dir:"):  # config + weights files of the folder key the cache
+            folder = resolve(model.removeprefix("local-dir:"))
+            files = sorted(f for f in folder.iterdir() if f.name.startswith("open_clip_"))
         super().__init__(
             name, modality, net, device, model=model, weights=pretrained,
-            files=[checkpoint] if checkpoint else [], library=f"open_clip {open_clip.__version__}",
+            files=files, library=f"open_clip {open_clip.__version__}",
         )  # fmt: skip
         self.tokenizer = open_clip.get_tokenizer(model)
         self.preprocess = _open_clip_preprocess(open_clip.get_model_preprocess_cfg(net))

@@ -3,10 +3,15 @@ is optional: tests that need it skip cleanly in a user's clone, where it is abse
 
 from __future__ import annotations
 
+import os
+import shutil
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
 import torch
+import yaml
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 SHARED = REPO_ROOT.parent / "shared"
@@ -32,3 +37,50 @@ def unit_sphere_cloud(batch: int, num_points: int, seed: int = 0) -> torch.Tenso
     pts = torch.randn(batch, num_points, 3, generator=gen)
     pts = pts - pts.mean(dim=1, keepdim=True)
     return pts / pts.norm(dim=-1, keepdim=True).amax(dim=1, keepdim=True)
+
+
+BIN = Path(sys.executable).parent
+
+
+def run(args, cwd):
+    """Run a command with the venv's tools on PATH; fail with its output."""
+    env = {**os.environ, "PATH": f"{BIN}{os.pathsep}{os.environ['PATH']}"}
+    result = subprocess.run(args, cwd=cwd, env=env, capture_output=True, text=True)
+    assert result.returncode == 0, (
+        f"{args} failed:\n{result.stdout[-3000:]}\n{result.stderr[-3000:]}"
+    )
+    return result.stdout
+
+
+def copy_repo(dest: Path, **params) -> Path:
+    """The tracked and untracked-but-not-ignored files of the repository in ``dest``, with
+    top-level ``params`` set in its params.yaml, committed (dvclive wants a commit)."""
+    files = subprocess.run(
+        ["git", "ls-files", "--cached", "--others", "--exclude-standard", "-z"],
+        cwd=REPO_ROOT,
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout.split("\0")
+    for name in filter(None, files):
+        src = REPO_ROOT / name
+        if src.is_file():
+            (dest / name).parent.mkdir(parents=True, exist_ok=True)
+            shutil.copy2(src, dest / name)
+    edit_params(dest, params)
+    run(["git", "init", "-q"], dest)
+    run(["git", "add", "-A"], dest)
+    run(["git", "-c", "user.name=t", "-c", "user.email=t@t", "commit", "-qm", "copy"], dest)
+    return dest
+
+
+def edit_params(repo: Path, values: dict) -> None:
+    """Set dotted keys (``"teacher_cache.paper.teachers"``) in ``repo``'s params.yaml."""
+    params = yaml.safe_load((repo / "params.yaml").read_text())
+    for dotted, value in values.items():
+        *parents, leaf = dotted.split(".")
+        node = params
+        for key in parents:
+            node = node.setdefault(key, {})
+        node[leaf] = value
+    (repo / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))

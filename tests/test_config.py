@@ -91,3 +91,25 @@ def test_every_variant_in_params_is_a_dvc_stage_writing_where_config_says():
             assert cfg.out_dir in [o.replace(key, variant) for o in outs]
             metrics = [next(iter(m)) for m in pipeline[name]["do"]["metrics"]]
             assert f"{cfg.live_dir}/metrics.json" in [m.replace(key, variant) for m in metrics]
+
+
+def test_paper_profile_is_one_switch_that_keeps_every_path(tmp_path):
+    """`profile: paper` changes values, never the paths dvc.yaml declares as deps and outs."""
+    params = yaml.safe_load((config.PROJECT_ROOT / "params.yaml").read_text())
+    params["profile"] = "paper"
+    paper_file = tmp_path / "params.yaml"
+    paper_file.write_text(yaml.safe_dump(params))
+    path_fields = ("out_dir", "live_dir", "data_manifest", "cache_dir", "contact_sheet",
+                   "results", "results_dir", "table", "checkpoint_dir")  # fmt: skip
+    for stage in config.STAGES:
+        for variant in ["", *config.variant_names(stage)]:
+            base = config.load(stage, smoke=False, variant=variant)
+            paper = config.load(stage, smoke=False, variant=variant, params_path=paper_file)
+            for name in path_fields:
+                assert getattr(base, name, None) == getattr(paper, name, None), (stage, name)
+    assert config.load("pretrain_stage2", smoke=False, params_path=paper_file).model == "point_mae"
+    assert config.load("data_prep", smoke=False, params_path=paper_file).source == "real"
+    params["profile"] = "other"
+    paper_file.write_text(yaml.safe_dump(params))
+    with pytest.raises(ValueError, match="profile must be one of"):
+        config.load("models", params_path=paper_file)

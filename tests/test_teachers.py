@@ -265,3 +265,39 @@ def test_text_and_image_teachers_refuse_the_other_modality(lite0, minilm):
         minilm.encode_images(torch.rand(1, 3, 8, 8))
     with pytest.raises(TypeError, match="list of strings"):
         minilm.encode_texts("a chair")
+
+
+def test_open_clip_local_dir_weights_key_the_fingerprint(tmp_path):
+    """A `local-dir:` CLIP (config + weights files) loads without the hub, and its files'
+    hash is part of the fingerprint, so replacing the weights invalidates cached features."""
+    import open_clip
+    from safetensors.torch import save_file
+
+    folder = tmp_path / "clip"
+    folder.mkdir()
+    config = {
+        "model_cfg": TINY_CLIP,
+        "preprocess_cfg": {"size": 32, "mean": [0.5] * 3, "std": [0.5] * 3},
+    }
+    (folder / "open_clip_config.json").write_text(json.dumps(config))
+    spec = {
+        "name": "clip_text",
+        "type": "open_clip",
+        "modality": "text",
+        "model": f"local-dir:{folder}",
+    }
+    fingerprints = []
+    for seed in (0, 1):
+        torch.manual_seed(seed)
+        state = open_clip.CLIP(**TINY_CLIP).state_dict()
+        save_file(
+            {k: v.contiguous() for k, v in state.items()}, folder / "open_clip_model.safetensors"
+        )
+        teacher = build_teacher(spec)
+        fingerprints.append(teacher.fingerprint())
+        assert teacher.encode_texts(["a chair"]).shape == (1, 24)
+    assert fingerprints[0]["weights_files"] == [
+        "open_clip_config.json",
+        "open_clip_model.safetensors",
+    ]
+    assert fingerprints[0]["weights_sha256"] != fingerprints[1]["weights_sha256"]

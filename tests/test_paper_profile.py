@@ -1,0 +1,148 @@
+"""The paper profile's code path, end to end at smoke size: `profile: paper` in a copy of the
+repository, fixture files in the official dataset layouts under data/real, and small randomly
+initialised CLIP (open_clip ``local-dir:``), DINOv2 and BLIP-2 saved to local directories in
+place of the hub weights. Everything else (point_mae backbone, recipes, stages) is the paper's."""
+
+import json
+
+import numpy as np
+import pytest
+import torch
+from conftest import BIN, copy_repo, run
+from safetensors.torch import save_file
+
+from mmpd_core.data import prep, readers
+from mmpd_core.data.shapes import CATEGORIES, sample_shape
+
+TINY_CLIP = {
+    "embed_dim": 24,
+    "vision_cfg": {"image_size": 32, "layers": 2, "width": 64, "patch_size": 8},
+    "text_cfg": {"context_length": 16, "vocab_size": 49408, "width": 32, "heads": 2, "layers": 2},
+}
+SYNSETS = ("02691156", "02747177", "02808440")  # three ShapeNet synset ids
+
+
+def surface(category: str, index: int, points: int, normals: bool = False) -> np.ndarray:
+    cloud = sample_shape(category, index, 0, points).points.astype(np.float32)
+    return np.concatenate([cloud, np.zeros_like(cloud)], 1) if normals else cloud
+
+
+def write_real_datasets(root):
+    """A few shapes of every dataset, in the layouts the upstream loaders read."""
+    clouds = {
+        f"{synset}-m{i}.npy": surface(CATEGORIES[s], i, 1200)
+        for s, synset in enumerate(SYNSETS)
+        for i in range(5)
+    }
+    split = {"train": {}, "test": {}}
+    for name, cloud in clouds.items():
+        split["test" if name.endswith("4.npy") else "train"][name] = cloud
+    readers.write_shapenet55(root / prep.SHAPENET, split)
+    classes = list(CATEGORIES[:5])
+    shapes = {"train": {}, "test": {}}
+    for name in classes:
+        for i in range(6):
+            part = "train" if i < 4 else "test"
+            shapes[part][f"{name}_{i + 1:04d}"] = surface(name, 50 + i, 1100, normals=True)
+    readers.write_modelnet40(root / prep.MODELNET, classes, shapes)
+    for fold in range(2):
+        episode = {
+            part: [
+                (surface(name, 100 + 10 * fold + i + 5 * (part == "test"), 1100, True), c, c)
+                for c, name in enumerate(classes)
+                for i in range(2)
+            ]
+            for part in ("train", "test")
+        }
+        readers.write_fewshot_fold(root / prep.FEWSHOT, 5, 2, fold, episode)
+    rng = np.random.default_rng(0)
+    for variant in ("obj_only", "obj_bg", "pb_t50_rs"):
+        for part, count in (("train", 16), ("test", 8)):
+            scans = rng.normal(size=(count, 2048, 3)).astype(np.float32)
+            readers.write_scanobjectnn(
+                root / prep.SCAN, variant, part, scans, np.arange(count) % 15
+            )
+
+
+def tiny_clip_dir(path):
+    import open_clip
+
+    path.mkdir()
+    preprocess = {"mean": [0.48, 0.46, 0.41], "std": [0.27, 0.26, 0.28], "size": 32}
+    config = {"model_cfg": TINY_CLIP, "preprocess_cfg": preprocess}
+    (path / "open_clip_config.json").write_text(json.dumps(config))
+    torch.manual_seed(0)
+    model = open_clip.CLIP(**TINY_CLIP)
+    save_file(
+        {k: v.contiguous() for k, v in model.state_dict().items()},
+        path / "open_clip_model.safetensors",
+    )
+    return f"local-dir:{path}"
+
+
+def tiny_dinov2_dir(path):
+    from transformers import BitImageProcessor, Dinov2Config, Dinov2Model
+
+    torch.manual_seed(0)
+    config = Dinov2Config(
+        hidden_size=32, num_hidden_layers=2, num_attention_heads=2, intermediate_size=64,
+        image_size=28, patch_size=14,
+    )  # fmt: skip
+    Dinov2Model(config).save_pretrained(path)
+    BitImageProcessor(
+        size={"shortest_edge": 28}, crop_size={"height": 28, "width": 28}
+    ).save_pretrained(path)
+    return str(path)
+
+
+@pytest.fixture(scope="module")
+def paper_repo(tmp_path_factory):
+    from test_blip2 import STOP_IDS, tiny_config, tiny_processor
+    from transformers import Blip2ForConditionalGeneration
+
+    assets = tmp_path_factory.mktemp("assets")
+    torch.manual_seed(0)
+    processor = tiny_processor()
+    blip2 = Blip2ForConditionalGeneration(
+        tiny_config(len(processor.tokenizer), processor.tokenizer.convert_tokens_to_ids("<image>"))
+    )
+    blip2.generation_config.eos_token_id = STOP_IDS
+    blip2.save_pretrained(assets / "blip2")
+    processor.save_pretrained(assets / "blip2")
+    clip = tiny_clip_dir(assets / "clip")
+    teachers = [
+        {"name": "clip_image", "type": "open_clip", "modality": "image", "model": clip},
+        {"name": "clip_text", "type": "open_clip", "modality": "text", "model": clip},
+        {"name": "dinov2", "type": "hf_vision", "model": tiny_dinov2_dir(assets / "dinov2")},
+    ]
+    repo = copy_repo(
+        tmp_path_factory.mktemp("paper"),
+        profile="paper",
+        smoke=True,
+        **{
+            "data_prep.paper.blip2_model": str(assets / "blip2"),
+            "teacher_cache.paper.teachers": teachers,
+        },
+    )
+    write_real_datasets(repo / "data" / "real")
+    return repo
+
+
+@pytest.mark.slow
+def test_paper_profile_runs_the_whole_dag(paper_repo):
+    run([str(BIN / "dvc"), "repro"], paper_repo)
+    manifest = json.loads((paper_repo / "data/prepared/manifest.json").read_text())
+    assert manifest["config"]["source"] == "real" and manifest["config"]["captioner"] == "blip2"
+    assert manifest["roots"]["modelnet40"].endswith("data/real/modelnet40_normal_resampled")
+    cache = json.loads((paper_repo / "data/teacher_cache/manifest.json").read_text())
+    assert set(cache["teachers"]) == {"clip_image", "clip_text", "dinov2"}
+    encoder = json.loads((paper_repo / "reports/results/classification.json").read_text())
+    assert any(key.startswith("modelnet40__stage2__full") for key in encoder)
+    from mmpd_core.checkpoint import load_checkpoint
+
+    _, meta = load_checkpoint(paper_repo / "runs/stage2/encoder.safetensors")
+    assert meta["config"]["trans_dim"] == 384 and meta["config"]["depth"] == 12  # point_mae
+    index = (paper_repo / "reports/tables/README.md").read_text()
+    assert "paper profile at smoke size" in index
+    fewshot = json.loads((paper_repo / "reports/results/fewshot/fewshot.json").read_text())
+    assert fewshot["protocol"] == "full" and fewshot["rows"][0]["folds"] == 2
