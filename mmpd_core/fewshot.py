@@ -28,6 +28,7 @@ from mmpd_core.finetune import (
     load_pretrained,
     make_head,
     predict,
+    refresh_batchnorm,
     train_head,
 )
 
@@ -61,6 +62,7 @@ def episode_accuracy(cfg: FewshotStage, recipe: Recipe, checkpoint: str, episode
         live_dir=str(out_dir / "live"),
     )
     engine.train(model, ClassifierStep(recipe), support, train_cfg)
+    refresh_batchnorm(model, support)
     plain, _, labels = predict(model, query, recipe, votes=0, seed=seed)
     return accuracy(plain, labels)
 

@@ -10,11 +10,12 @@ Protocols (ReCon / ACT names):
   keeps the encoder in train mode and also trains ``cls_token`` / ``cls_pos``; the frozen
   variant is the cleaner protocol (REFERENCE, "ReCon and ACT").
 
-Voting (``full`` only): ``votes`` passes over the test set with the dataset's training
-augmentation (seeded), logits averaged; reported next to the plain accuracy, never a max over
-repeats. A head trained on features of un-augmented clouds has never seen augmented ones, so
-the frozen protocols report no voted accuracy. Model selection never sees the test set: the
-last epoch is reported.
+After full fine-tuning the BatchNorm statistics are recomputed over the training clouds
+(``refresh_batchnorm``). Voting (``full`` only): ``votes`` passes over the test set with the
+dataset's training augmentation (seeded), logits averaged; reported next to the plain
+accuracy, never a max over repeats. A head trained on features of un-augmented clouds has
+never seen augmented ones, so the frozen protocols report no voted accuracy. Model selection
+never sees the test set: the last epoch is reported.
 """
 
 from __future__ import annotations
@@ -30,6 +31,7 @@ import pandas as pd
 import torch
 import torch.nn.functional as F
 from torch import nn
+from torch.optim.swa_utils import update_bn
 from tqdm.auto import tqdm
 
 from mmpd_core import engine
@@ -206,6 +208,16 @@ class ClassifierStep:
         return loss, {"acc": accuracy(logits.detach(), batch["label"])}
 
 
+def refresh_batchnorm(model: nn.Module, dataset, batch_size: int = 32) -> None:
+    """Recompute every BatchNorm's running statistics over the (un-augmented) training clouds
+    with the final weights (``torch.optim.swa_utils.update_bn``). A short schedule leaves the
+    running averages behind weights that moved fast; a freshly initialised encoder then
+    predicts one class in eval mode although it fits its training batches."""
+    device = next(model.parameters()).device
+    loader = torch.utils.data.DataLoader(dataset, batch_size=batch_size)
+    update_bn((batch["points"].to(device) for batch in loader), model)
+
+
 @torch.no_grad()
 def predict(model: nn.Module, dataset, recipe: Recipe, *, votes: int, seed: int):
     """Test logits without augmentation, and averaged over ``votes`` augmented passes."""
@@ -264,6 +276,7 @@ def run_seed(
         live_dir=str(out_dir / f"seed{seed}" / "live"),
     )
     result = engine.train(model, ClassifierStep(recipe), train_set, train_cfg)
+    refresh_batchnorm(model, train_set)
     plain, voted, labels = predict(model, test_set, recipe, votes=cfg.votes, seed=seed)
     return {
         "seed": seed,

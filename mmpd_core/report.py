@@ -332,17 +332,23 @@ def build_all(
             "(few-shot: over folds); 'n=1' marks a single seed, which has no spread."
         )
         write_table(frame, out_dir / stem, caption=caption, floatfmt=".2f")
-    lines = [
-        "# Report tables",
-        "",
-        context + ".",
-        "",
-        "| file | paper | content |",
-        "|---|---|---|",
-    ]
-    lines += [f"| [{s}.md]({s}.md) | {p} | {w} |" for s, (p, w) in TABLES.items()]
-    (out_dir / "README.md").write_text("\n".join(lines) + "\n")
+    write_index(out_dir.parent / "README.md", out_dir.name, context)
     return frames
+
+
+def write_index(path: Path, tables: str, context: str) -> None:
+    """``reports/README.md``: every table and figure with the paper item it reproduces."""
+    lines = ["# Reports", "", context + ".", "", "| file | paper | content |", "|---|---|---|"]
+    lines += [f"| [{s}.md]({tables}/{s}.md) | {p} | {w} |" for s, (p, w) in TABLES.items()]
+    lines += [
+        "| [tsne_modelnet40.png](figures/tsne_modelnet40.png) (.pdf) | t-SNE figures | "
+        "global features per encoder; silhouettes in results/tsne_silhouette.json |",
+        "| [renders_contact_sheet.png](figures/renders_contact_sheet.png) | - | rendered views |",
+        "| [notebooks/](notebooks/) | - | executed copy of every stage's notebook |",
+        "| [dvclive/](dvclive/) | - | per-stage metrics, curves and cost.json |",
+        "| [results/](results/) | - | one JSON per classification run, grids as CSV/JSON |",
+    ]
+    path.write_text("\n".join(lines) + "\n")
 
 
 _ABLATION_TABLES = (

@@ -169,3 +169,35 @@ def test_tsne_is_seeded_and_silhouette_tracks_separation():
 
     assert silhouette_score(a, labels) > 0.5
     assert silhouette_score(a, rng.permutation(labels)) < 0.1
+
+
+def test_released_point_mae_checkpoint_is_a_finetune_starting_point(tmp_path):
+    from test_upstream import to_upstream, write
+
+    from mmpd_core.models import create_model
+
+    source = create_model("point_mae_tiny")
+    path = write(tmp_path / "pretrain.pth", to_upstream(source, "pretrain"))
+    model = finetune.load_pretrained(str(path), "point_mae_tiny", num_classes=3)
+    assert model.head is not None
+    for name, value in source.state_dict().items():
+        if name.startswith(("tokenizer", "transformer", "pos_embed")):
+            assert torch.equal(model.state_dict()[name], value), name
+
+
+def test_batchnorm_statistics_are_recomputed_over_the_training_clouds():
+    model = PointTransformer(dataclasses.replace(SMALL, num_classes=3))
+    data = CloudDataset(*clouds(4), 256)
+    finetune.refresh_batchnorm(model, data, batch_size=5)
+    points = torch.stack([data[i]["points"] for i in range(len(data))])
+    neighborhood, _ = model.group(points)
+    with torch.no_grad():
+        first = model.tokenizer.first_conv[0](neighborhood.reshape(-1, 3))  # (B*G*K, 128)
+    bn = model.tokenizer.first_conv[1]
+    # update_bn averages the statistics of the loader's batches (5, 5 and 2 clouds) equally
+    batches = [b.reshape(-1, 128) for b in first.reshape(len(data), -1, 128).split(5)]
+    expected_mean = torch.stack([b.mean(0) for b in batches]).mean(0)
+    expected_var = torch.stack([b.var(0) for b in batches]).mean(0)  # unbiased, as BatchNorm
+    torch.testing.assert_close(bn.running_mean, expected_mean, rtol=1e-4, atol=1e-7)
+    torch.testing.assert_close(bn.running_var, expected_var, rtol=1e-3, atol=1e-9)
+    assert model.training  # the mode it had (update_bn restores it)

@@ -142,7 +142,7 @@ def test_paper_profile_runs_the_whole_dag(paper_repo):
 
     _, meta = load_checkpoint(paper_repo / "runs/stage2/encoder.safetensors")
     assert meta["config"]["trans_dim"] == 384 and meta["config"]["depth"] == 12  # point_mae
-    index = (paper_repo / "reports/tables/README.md").read_text()
+    index = (paper_repo / "reports/README.md").read_text()
     assert "paper profile at smoke size" in index
     fewshot = json.loads((paper_repo / "reports/results/fewshot/fewshot.json").read_text())
     assert fewshot["protocol"] == "full" and fewshot["rows"][0]["folds"] == 2

@@ -63,7 +63,7 @@ def test_dvc_repro_runs_every_stage_then_nothing(smoke_repo):
     silhouettes = json.loads((smoke_repo / "reports/results/tsne_silhouette.json").read_text())
     assert all(-1 <= v["silhouette_tsne"] <= 1 for v in silhouettes.values())
     assert (smoke_repo / "reports/figures/tsne_modelnet40.pdf").stat().st_size > 1000
-    index = (smoke_repo / "reports/tables/README.md").read_text()
+    index = (smoke_repo / "reports/README.md").read_text()
     assert "at smoke size" in index and "table11_teachers.md" in index
     again = run([str(BIN / "dvc"), "repro"], smoke_repo)
     assert "up to date" in again
