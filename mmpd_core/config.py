@@ -87,7 +87,22 @@ class TeacherCacheStage:
 
 
 @dataclass(frozen=True)
-class Stage1Stage:
+class Schedule:
+    """The optimisation fields every training config shares (Stage-1, Stage-2, fine-tuning
+    recipes); ``engine.config_from`` turns any of them into an ``engine.TrainConfig``."""
+
+    epochs: int
+    batch_size: int
+    lr: float
+    weight_decay: float
+    warmup_epochs: int
+    min_lr: float
+    grad_clip: float
+    amp: str  # none | bf16
+
+
+@dataclass(frozen=True)
+class Stage1Stage(Schedule):
     """The ``pretrain_stage1`` stage: multi-teacher alignment (Eq. 3)."""
 
     model: str  # a models.VARIANTS name (ignored when ``init`` names a run)
@@ -97,15 +112,7 @@ class Stage1Stage:
     cache_dir: str
     online: bool  # run the teachers in the loop instead of reading the cache
     num_points: int
-    epochs: int
-    batch_size: int
-    lr: float
-    weight_decay: float
-    warmup_epochs: int
-    min_lr: float
-    grad_clip: float
     accumulation: int
-    amp: str
     num_workers: int
     seed: int
     out_dir: str
@@ -116,7 +123,7 @@ LOCAL_TARGETS = ("features", "points", "none")
 
 
 @dataclass(frozen=True)
-class Stage2Stage:
+class Stage2Stage(Schedule):
     """``pretrain_stage2`` and its variants: masked point distillation (Eq. 4-6), the Table 4/7/8/11
     ablations, the Point-MAE baseline and joint single-stage training (all one code path)."""
 
@@ -136,15 +143,7 @@ class Stage2Stage:
     global_decoder: str  # "transformer" | "mlp"
     global_decoder_depth: int
     num_points: int
-    epochs: int
-    batch_size: int
-    lr: float
-    weight_decay: float
-    warmup_epochs: int
-    min_lr: float
-    grad_clip: float
     accumulation: int
-    amp: str
     num_workers: int
     seed: int
     out_dir: str

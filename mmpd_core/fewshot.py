@@ -16,30 +16,30 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from mmpd_core import engine
 from mmpd_core.config import FewshotStage, build, resolve
 from mmpd_core.data.datasets import fewshot_dataset
 from mmpd_core.finetune import (
-    ClassifierStep,
     Recipe,
     accuracy,
     checkpoint_name,
     extract_features,
+    fine_tune,
     load_pretrained,
     make_head,
     predict,
-    refresh_batchnorm,
     train_head,
 )
 
 
-def episode_accuracy(cfg: FewshotStage, recipe: Recipe, checkpoint: str, episode, seed: int):
-    """Train on the support set of ``episode`` (support, query, way), score the query set."""
+def episode_accuracy(
+    cfg: FewshotStage, recipe: Recipe, checkpoint: str, episode, seed: int, encoder=None
+):
+    """Train on the support set of ``episode`` (support, query, way), score the query set.
+    Frozen protocols use ``encoder`` (loaded once per checkpoint by ``run``)."""
     support, query, way = episode
     torch.manual_seed(seed)
     overrides = {"num_groups": recipe.num_groups, "drop_path_rate": recipe.drop_path_rate}
     if cfg.protocol != "full":
-        encoder = load_pretrained(checkpoint, cfg.model, **overrides).eval()
         feats, labels = extract_features(encoder, support)
         head = train_head(
             make_head(cfg.protocol, feats.shape[1], way, encoder.config),
@@ -53,16 +53,7 @@ def episode_accuracy(cfg: FewshotStage, recipe: Recipe, checkpoint: str, episode
             return accuracy(head(query_feats), query_labels)
     model = load_pretrained(checkpoint, cfg.model, num_classes=way, **overrides)
     out_dir = resolve(cfg.out_dir) / "episode"
-    train_cfg = engine.config_from(
-        recipe,
-        seed=seed,
-        accumulation=1,
-        num_workers=0,
-        out_dir=str(out_dir),
-        live_dir=str(out_dir / "live"),
-    )
-    engine.train(model, ClassifierStep(recipe), support, train_cfg)
-    refresh_batchnorm(model, support)
+    fine_tune(model, support, recipe, seed=seed, out_dir=out_dir)
     plain, _, labels = predict(model, query, recipe, votes=0, seed=seed)
     return accuracy(plain, labels)
 
@@ -87,8 +78,13 @@ def run(cfg: FewshotStage) -> list[dict]:
                 for fold in range(cfg.folds)
             ]
             for checkpoint in cfg.checkpoints:
+                encoder = None
+                if cfg.protocol != "full":  # frozen: one encoder for every episode
+                    encoder = load_pretrained(
+                        checkpoint, cfg.model, num_groups=recipe.num_groups
+                    ).eval()
                 accs = [
-                    100 * episode_accuracy(cfg, recipe, checkpoint, ep, cfg.seed + fold)
+                    100 * episode_accuracy(cfg, recipe, checkpoint, ep, cfg.seed + fold, encoder)
                     for fold, ep in enumerate(episodes)
                 ]
                 rows.append(

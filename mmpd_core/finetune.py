@@ -35,7 +35,7 @@ from torch.optim.swa_utils import update_bn
 from tqdm.auto import tqdm
 
 from mmpd_core import engine
-from mmpd_core.config import FinetuneStage, GridStage, build, resolve
+from mmpd_core.config import FinetuneStage, GridStage, Schedule, build, resolve
 from mmpd_core.data import readers, transforms
 from mmpd_core.data.datasets import (
     CloudDataset,
@@ -57,21 +57,14 @@ AUGMENTS = {"scale_translate": transforms.scale_translate, "rotate_up": transfor
 
 
 @dataclass(frozen=True)
-class Recipe:
-    """How one dataset family is fine-tuned (``params.yaml: finetune.recipes.<family>``)."""
+class Recipe(Schedule):
+    """How one dataset family is fine-tuned (``params.yaml: finetune.recipes.<family>``); the
+    ``Schedule`` fields drive full fine-tuning."""
 
     num_points: int
     num_groups: int  # groups at this many points (upstream: 64 at 1k, 128 at 2k points)
     augment: str  # scale_translate | rotate_up | none
-    epochs: int  # full fine-tuning
-    batch_size: int
-    lr: float
-    weight_decay: float
-    warmup_epochs: int
-    min_lr: float
-    grad_clip: float
     drop_path_rate: float
-    amp: str
     head_epochs: int  # frozen protocols: full-batch epochs of the head on cached features
     head_lr: float
 
@@ -218,6 +211,18 @@ def refresh_batchnorm(model: nn.Module, dataset, batch_size: int = 32) -> None:
     update_bn((batch["points"].to(device) for batch in loader), model)
 
 
+def fine_tune(model, dataset, recipe: Recipe, *, seed: int, out_dir: Path, num_workers: int = 0):
+    """The ``full`` protocol: train every parameter with the recipe through the engine
+    (checkpoints and dvclive in ``out_dir``), then ``refresh_batchnorm``."""
+    cfg = engine.config_from(
+        recipe, seed=seed, accumulation=1, num_workers=num_workers,
+        out_dir=str(out_dir), live_dir=str(out_dir / "live"),
+    )  # fmt: skip
+    result = engine.train(model, ClassifierStep(recipe), dataset, cfg)
+    refresh_batchnorm(model, dataset)
+    return result
+
+
 @torch.no_grad()
 def predict(model: nn.Module, dataset, recipe: Recipe, *, votes: int, seed: int):
     """Test logits without augmentation, and averaged over ``votes`` augmented passes."""
@@ -233,6 +238,15 @@ def predict(model: nn.Module, dataset, recipe: Recipe, *, votes: int, seed: int)
         voted.append(torch.stack(passes).mean(0) if passes else plain[-1])
         labels.append(batch["label"].to(device))
     return torch.cat(plain), torch.cat(voted), torch.cat(labels)
+
+
+def cached_splits(cfg: FinetuneStage, recipe: Recipe, cache: dict):
+    """``load_splits`` once per (manifest, dataset, variant, points) within ``cache`` (a grid
+    reads each dataset once, not once per checkpoint and protocol)."""
+    key = ("splits", cfg.data_manifest, cfg.dataset, cfg.variant, recipe.num_points)
+    if key not in cache:
+        cache[key] = load_splits(cfg, recipe)
+    return cache[key]
 
 
 def frozen_features(cfg: FinetuneStage, recipe: Recipe, data, features: dict):
@@ -267,16 +281,10 @@ def run_seed(
             train_acc, acc = accuracy(head(feats), labels), accuracy(head(test_feats), test_labels)
         return {"seed": seed, "acc": acc, "acc_vote": math.nan, "train_acc": train_acc}
     model = load_pretrained(cfg.checkpoint, cfg.model, num_classes=classes, **overrides)
-    train_cfg = engine.config_from(
-        recipe,
-        seed=seed,
-        accumulation=1,
+    result = fine_tune(
+        model, train_set, recipe, seed=seed, out_dir=out_dir / f"seed{seed}",
         num_workers=cfg.num_workers,
-        out_dir=str(out_dir / f"seed{seed}"),
-        live_dir=str(out_dir / f"seed{seed}" / "live"),
-    )
-    result = engine.train(model, ClassifierStep(recipe), train_set, train_cfg)
-    refresh_batchnorm(model, train_set)
+    )  # fmt: skip
     plain, voted, labels = predict(model, test_set, recipe, votes=cfg.votes, seed=seed)
     return {
         "seed": seed,
@@ -311,14 +319,15 @@ def run_tag(cfg: FinetuneStage) -> str:
     return f"{data}__{checkpoint_name(cfg.checkpoint).replace('/', '-')}__{cfg.protocol}"
 
 
-def run(cfg: FinetuneStage, *, features: dict | None = None) -> dict:
-    """Every seed of ``cfg``; writes and returns ``<results_dir>/<tag>.json``. ``features``
-    shares frozen-encoder features between runs (``run_grid``)."""
+def run(cfg: FinetuneStage, *, cache: dict | None = None) -> dict:
+    """Every seed of ``cfg``; writes and returns ``<results_dir>/<tag>.json``. ``cache``
+    shares loaded datasets and frozen-encoder features between runs (``run_grid``)."""
     recipe = recipe_of(cfg)
-    data = load_splits(cfg, recipe)
-    tag, features = run_tag(cfg), {} if features is None else features
+    cache = {} if cache is None else cache
+    data = cached_splits(cfg, recipe, cache)
+    tag = run_tag(cfg)
     out_dir = resolve(cfg.out_dir) / tag
-    rows = [run_seed(cfg, recipe, seed, data, out_dir, features) for seed in cfg.seeds]
+    rows = [run_seed(cfg, recipe, seed, data, out_dir, cache) for seed in cfg.seeds]
     result = {
         "dataset": cfg.dataset,
         "variant": cfg.variant if dataset_family(cfg.dataset) == "scanobjectnn" else "",
@@ -363,10 +372,10 @@ def grid_configs(grid: GridStage, base: FinetuneStage) -> list[FinetuneStage]:
 def run_grid(grid: GridStage, base: FinetuneStage) -> pd.DataFrame:
     """Every run of a grid (progress bar); one row per run, also written to ``grid.table``
     (.csv, and .json keyed by run tag for ``dvc metrics show``)."""
-    rows, features, configs = [], {}, grid_configs(grid, base)
+    rows, cache, configs = [], {}, grid_configs(grid, base)
     resolve(grid.out_dir).mkdir(parents=True, exist_ok=True)  # a DVC output, even if unused
     for cfg in tqdm(configs, desc="runs"):
-        result = run(cfg, features=features)
+        result = run(cfg, cache=cache)
         rows.append({k: v for k, v in result.items() if k not in ("recipe", "seeds")})
     frame = pd.DataFrame(rows)
     stem = resolve(grid.table)

@@ -23,6 +23,7 @@ the same encoder, whose own full-cloud features, detached, are the distillation 
 from __future__ import annotations
 
 import copy
+import dataclasses
 import json
 
 import torch
@@ -292,16 +293,16 @@ def run_stage(cfg: Stage2Stage, *, resume: bool = False) -> engine.TrainResult:
         ),
         eval_fn=lambda module, epoch: evaluate(module, step, loader, cfg.seed),
         resume=resume,
-        checkpoint_config={"model": model.encoder.config.to_dict(), "stage2": vars_of(cfg)},
+        checkpoint_config={
+            "model": model.encoder.config.to_dict(),
+            "stage2": dataclasses.asdict(cfg),
+        },
     )
     if is_main_process():
         save_encoder(
-            out_dir, model.encoder, extra={"stage": "pretrain_stage2", "config": vars_of(cfg)}
+            out_dir,
+            model.encoder,
+            extra={"stage": "pretrain_stage2", "config": dataclasses.asdict(cfg)},
         )
         write_cost(resolve(cfg.live_dir), result)
     return result
-
-
-def vars_of(cfg) -> dict:
-    """A stage config as a plain dict (stored with checkpoints)."""
-    return {k: list(v) if isinstance(v, tuple) else v for k, v in vars(cfg).items()}

@@ -3,13 +3,12 @@
 from __future__ import annotations
 
 import json
-import platform
 from pathlib import Path
 
-import torch
 from dvclive import Live
 
 from mmpd_core.config import resolve
+from mmpd_core.profiling import machine
 
 DVCLIVE_ROOT = "reports/dvclive"
 
@@ -47,14 +46,12 @@ def log_rows(stage: str, frame, key: str) -> Path:
 def write_cost(live_dir: str | Path, result) -> Path:
     """``<live_dir>/cost.json``: wall time, steps/s and peak memory of a training run (an
     ``engine.TrainResult``) and the machine it ran on, for the training-cost table."""
-    device = torch.cuda.get_device_name() if torch.cuda.is_available() else platform.processor()
     cost = {
         "wall_time_s": round(result.wall_time_s, 2),
         "steps_per_s": round(result.steps_per_s, 3),
         "peak_memory_mb": round(result.peak_memory_mb, 1),
         "epochs": len(result.history),
-        "device": device or platform.machine(),
-        "threads": torch.get_num_threads(),
+        "device": machine(),
     }
     path = Path(live_dir) / "cost.json"
     path.parent.mkdir(parents=True, exist_ok=True)

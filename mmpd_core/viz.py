@@ -11,7 +11,7 @@ from openTSNE import TSNE
 from sklearn.metrics import silhouette_score
 
 from mmpd_core.config import FinetuneStage, TsneStage
-from mmpd_core.finetune import frozen_features, load_splits, make_head, recipe_of, train_head
+from mmpd_core.finetune import cached_splits, frozen_features, make_head, recipe_of, train_head
 
 
 def embed(feats: np.ndarray, *, seed: int, perplexity: float) -> np.ndarray:
@@ -21,14 +21,14 @@ def embed(feats: np.ndarray, *, seed: int, perplexity: float) -> np.ndarray:
     return np.asarray(tsne.fit(feats))
 
 
-def panel(cfg: TsneStage, base: FinetuneStage, checkpoint: str, features: dict) -> dict:
+def panel(cfg: TsneStage, base: FinetuneStage, checkpoint: str, cache: dict) -> dict:
     """One encoder: test-split features, their embedding and silhouette scores (2-D embedding
     and cosine in feature space). ``correct_only`` keeps the test clouds a linear head trained
     on the frozen training features classifies correctly."""
     run = dataclasses.replace(base, checkpoint=checkpoint, dataset=cfg.dataset, variant=cfg.variant)
     recipe = recipe_of(run)
-    data = load_splits(run, recipe)
-    (train_x, train_y), (test_x, test_y), config = frozen_features(run, recipe, data, features)
+    data = cached_splits(run, recipe, cache)
+    (train_x, train_y), (test_x, test_y), config = frozen_features(run, recipe, data, cache)
     keep = torch.ones(len(test_y), dtype=torch.bool)
     if cfg.correct_only:
         head = train_head(

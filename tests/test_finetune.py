@@ -8,7 +8,7 @@ import pandas as pd
 import pytest
 import torch
 
-from mmpd_core import config, engine, fewshot, finetune, report, viz
+from mmpd_core import config, fewshot, finetune, report, viz
 from mmpd_core.data import readers
 from mmpd_core.data.datasets import CloudDataset
 from mmpd_core.data.shapes import CATEGORIES, sample_shape
@@ -66,13 +66,11 @@ def test_votes_average_augmented_passes_and_never_take_a_max():
 def test_full_finetuning_learns_a_small_training_set(tmp_path):
     model = PointTransformer(dataclasses.replace(SMALL, num_classes=3))
     data = CloudDataset(*clouds(8), 256)
-    cfg = engine.config_from(
-        dataclasses.replace(RECIPE, epochs=6, augment="none"), seed=0, accumulation=1,
-        num_workers=0, out_dir=str(tmp_path / "ck"), live_dir=str(tmp_path / "live"),
-    )  # fmt: skip
-    result = engine.train(model, finetune.ClassifierStep(RECIPE), data, cfg)
+    recipe = dataclasses.replace(RECIPE, epochs=6, augment="none")
+    result = finetune.fine_tune(model, data, recipe, seed=0, out_dir=tmp_path / "run")
     losses = [h["train/loss"] for h in result.history]
     assert losses[-1] < losses[0]
+    assert (tmp_path / "run/live/metrics.json").is_file()  # dvclive per run
 
 
 def test_summary_is_mean_and_sample_std_over_seeds():

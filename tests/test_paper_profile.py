@@ -9,16 +9,11 @@ import numpy as np
 import pytest
 import torch
 from conftest import BIN, copy_repo, run
-from safetensors.torch import save_file
+from test_teachers import save_tiny_clip_dir, save_tiny_dinov2
 
 from mmpd_core.data import prep, readers
 from mmpd_core.data.shapes import CATEGORIES, sample_shape
 
-TINY_CLIP = {
-    "embed_dim": 24,
-    "vision_cfg": {"image_size": 32, "layers": 2, "width": 64, "patch_size": 8},
-    "text_cfg": {"context_length": 16, "vocab_size": 49408, "width": 32, "heads": 2, "layers": 2},
-}
 SYNSETS = ("02691156", "02747177", "02808440")  # three ShapeNet synset ids
 
 
@@ -64,37 +59,6 @@ def write_real_datasets(root):
             )
 
 
-def tiny_clip_dir(path):
-    import open_clip
-
-    path.mkdir()
-    preprocess = {"mean": [0.48, 0.46, 0.41], "std": [0.27, 0.26, 0.28], "size": 32}
-    config = {"model_cfg": TINY_CLIP, "preprocess_cfg": preprocess}
-    (path / "open_clip_config.json").write_text(json.dumps(config))
-    torch.manual_seed(0)
-    model = open_clip.CLIP(**TINY_CLIP)
-    save_file(
-        {k: v.contiguous() for k, v in model.state_dict().items()},
-        path / "open_clip_model.safetensors",
-    )
-    return f"local-dir:{path}"
-
-
-def tiny_dinov2_dir(path):
-    from transformers import BitImageProcessor, Dinov2Config, Dinov2Model
-
-    torch.manual_seed(0)
-    config = Dinov2Config(
-        hidden_size=32, num_hidden_layers=2, num_attention_heads=2, intermediate_size=64,
-        image_size=28, patch_size=14,
-    )  # fmt: skip
-    Dinov2Model(config).save_pretrained(path)
-    BitImageProcessor(
-        size={"shortest_edge": 28}, crop_size={"height": 28, "width": 28}
-    ).save_pretrained(path)
-    return str(path)
-
-
 @pytest.fixture(scope="module")
 def paper_repo(tmp_path_factory):
     from test_blip2 import STOP_IDS, tiny_config, tiny_processor
@@ -109,11 +73,11 @@ def paper_repo(tmp_path_factory):
     blip2.generation_config.eos_token_id = STOP_IDS
     blip2.save_pretrained(assets / "blip2")
     processor.save_pretrained(assets / "blip2")
-    clip = tiny_clip_dir(assets / "clip")
+    clip = save_tiny_clip_dir(assets / "clip")
     teachers = [
         {"name": "clip_image", "type": "open_clip", "modality": "image", "model": clip},
         {"name": "clip_text", "type": "open_clip", "modality": "text", "model": clip},
-        {"name": "dinov2", "type": "hf_vision", "model": tiny_dinov2_dir(assets / "dinov2")},
+        {"name": "dinov2", "type": "hf_vision", "model": str(save_tiny_dinov2(assets / "dinov2"))},
     ]
     repo = copy_repo(
         tmp_path_factory.mktemp("paper"),

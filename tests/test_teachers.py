@@ -62,12 +62,10 @@ def tiny_clip(tmp_path_factory):
     return path.stem
 
 
-@pytest.fixture(scope="module")
-def tiny_dinov2(tmp_path_factory):
+def save_tiny_dinov2(out):
     """A random 2-layer DINOv2 saved like a hub snapshot, with its image processor config."""
     from transformers import BitImageProcessor, Dinov2Config, Dinov2Model
 
-    out = tmp_path_factory.mktemp("dinov2")
     config = Dinov2Config(
         hidden_size=32, num_hidden_layers=2, num_attention_heads=2, intermediate_size=64,
         image_size=56, patch_size=14,
@@ -78,6 +76,11 @@ def tiny_dinov2(tmp_path_factory):
         image_mean=teachers.IMAGENET_MEAN, image_std=teachers.IMAGENET_STD,
     ).save_pretrained(out)  # fmt: skip
     return out
+
+
+@pytest.fixture(scope="module")
+def tiny_dinov2(tmp_path_factory):
+    return save_tiny_dinov2(tmp_path_factory.mktemp("dinov2"))
 
 
 def assert_frozen(teacher):
@@ -267,32 +270,28 @@ def test_text_and_image_teachers_refuse_the_other_modality(lite0, minilm):
         minilm.encode_texts("a chair")
 
 
-def test_open_clip_local_dir_weights_key_the_fingerprint(tmp_path):
-    """A `local-dir:` CLIP (config + weights files) loads without the hub, and its files'
-    hash is part of the fingerprint, so replacing the weights invalidates cached features."""
+def save_tiny_clip_dir(folder, seed: int = 0) -> str:
+    """A random tiny CLIP as an open_clip ``local-dir:`` folder (config + safetensors)."""
     import open_clip
     from safetensors.torch import save_file
 
-    folder = tmp_path / "clip"
-    folder.mkdir()
-    config = {
-        "model_cfg": TINY_CLIP,
-        "preprocess_cfg": {"size": 32, "mean": [0.5] * 3, "std": [0.5] * 3},
-    }
+    folder.mkdir(exist_ok=True)
+    preprocess = {"size": 32, "mean": [0.48, 0.46, 0.41], "std": [0.27, 0.26, 0.28]}
+    config = {"model_cfg": TINY_CLIP, "preprocess_cfg": preprocess}
     (folder / "open_clip_config.json").write_text(json.dumps(config))
-    spec = {
-        "name": "clip_text",
-        "type": "open_clip",
-        "modality": "text",
-        "model": f"local-dir:{folder}",
-    }
+    torch.manual_seed(seed)
+    state = open_clip.CLIP(**TINY_CLIP).state_dict()
+    save_file({k: v.contiguous() for k, v in state.items()}, folder / "open_clip_model.safetensors")
+    return f"local-dir:{folder}"
+
+
+def test_open_clip_local_dir_weights_key_the_fingerprint(tmp_path):
+    """A `local-dir:` CLIP (config + weights files) loads without the hub, and its files'
+    hash is part of the fingerprint, so replacing the weights invalidates cached features."""
     fingerprints = []
     for seed in (0, 1):
-        torch.manual_seed(seed)
-        state = open_clip.CLIP(**TINY_CLIP).state_dict()
-        save_file(
-            {k: v.contiguous() for k, v in state.items()}, folder / "open_clip_model.safetensors"
-        )
+        model = save_tiny_clip_dir(tmp_path / "clip", seed)
+        spec = {"name": "clip_text", "type": "open_clip", "modality": "text", "model": model}
         teacher = build_teacher(spec)
         fingerprints.append(teacher.fingerprint())
         assert teacher.encode_texts(["a chair"]).shape == (1, 24)
