@@ -269,7 +269,8 @@ def latest_checkpoint(out_dir: str | Path) -> tuple[Path, Path] | None:
     return None
 
 
-def _remove_checkpoints(out_dir: str | Path, keep: int | None = None) -> None:
+def remove_checkpoints(out_dir: str | Path, keep: int | None = None) -> None:
+    """Delete the ``epoch-*`` checkpoint files in ``out_dir`` (all but epoch ``keep``)."""
     for path in Path(out_dir).glob("epoch-[0-9]*"):
         if _epoch_of(path) != keep:
             path.unlink(missing_ok=True)
@@ -294,7 +295,7 @@ def _save(run: _Run, cfg: TrainConfig, ckpt_config: dict) -> Path:
     buffer = io.BytesIO()
     torch.save(state, buffer)
     atomic_write_bytes(state_path, buffer.getvalue())
-    _remove_checkpoints(cfg.out_dir, keep=epoch)
+    remove_checkpoints(cfg.out_dir, keep=epoch)
     return weights
 
 
@@ -426,7 +427,7 @@ def _prepare(model, dataset, cfg, collate_fn, param_groups, resume) -> _Run:
     if found:
         run.history, run.last = _restore(found, run, cfg), found[0]
     elif not resume and world.is_main:
-        _remove_checkpoints(cfg.out_dir)
+        remove_checkpoints(cfg.out_dir)
     if world.distributed:
         kwargs = {"device_ids": [device.index]} if device.type == "cuda" else {}
         run.model = DistributedDataParallel(module, **kwargs)

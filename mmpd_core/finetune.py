@@ -201,25 +201,31 @@ class ClassifierStep:
         return loss, {"acc": accuracy(logits.detach(), batch["label"])}
 
 
-def refresh_batchnorm(model: nn.Module, dataset, batch_size: int = 32) -> None:
+def refresh_batchnorm(model: nn.Module, dataset, batch_size: int = 32, amp: str = "none") -> None:
     """Recompute every BatchNorm's running statistics over the (un-augmented) training clouds
     with the final weights (``torch.optim.swa_utils.update_bn``). A short schedule leaves the
     running averages behind weights that moved fast; a freshly initialised encoder then
-    predicts one class in eval mode although it fits its training batches."""
+    predicts one class in eval mode although it fits its training batches. ``amp`` as in
+    training (the statistics of the activations the model was trained on)."""
     device = next(model.parameters()).device
     loader = torch.utils.data.DataLoader(dataset, batch_size=batch_size)
-    update_bn((batch["points"].to(device) for batch in loader), model)
+    with engine.autocast_context(device, engine.AMP_DTYPES[amp]):
+        update_bn((batch["points"].to(device) for batch in loader), model)
 
 
 def fine_tune(model, dataset, recipe: Recipe, *, seed: int, out_dir: Path, num_workers: int = 0):
     """The ``full`` protocol: train every parameter with the recipe through the engine
-    (checkpoints and dvclive in ``out_dir``), then ``refresh_batchnorm``."""
+    (dvclive in ``out_dir/live``), then ``refresh_batchnorm``. The per-epoch checkpoints in
+    ``out_dir`` let a run killed part-way resume exactly; they are deleted when it finishes
+    (a table's grid holds hundreds of runs, a point_mae checkpoint with its optimizer state
+    is ~260 MB and only the accuracies are kept)."""
     cfg = engine.config_from(
         recipe, seed=seed, accumulation=1, num_workers=num_workers,
         out_dir=str(out_dir), live_dir=str(out_dir / "live"),
     )  # fmt: skip
-    result = engine.train(model, ClassifierStep(recipe), dataset, cfg)
-    refresh_batchnorm(model, dataset)
+    result = engine.train(model, ClassifierStep(recipe), dataset, cfg, resume=True)
+    engine.remove_checkpoints(out_dir)
+    refresh_batchnorm(model, dataset, amp=recipe.amp)
     return result
 
 

@@ -71,6 +71,45 @@ def test_full_finetuning_learns_a_small_training_set(tmp_path):
     losses = [h["train/loss"] for h in result.history]
     assert losses[-1] < losses[0]
     assert (tmp_path / "run/live/metrics.json").is_file()  # dvclive per run
+    assert not list((tmp_path / "run").glob("epoch-*"))  # checkpoints go when the run is done
+
+
+def test_full_finetuning_resumes_a_killed_run_exactly(tmp_path, monkeypatch):
+    data = CloudDataset(*clouds(8), 256)
+    recipe = dataclasses.replace(RECIPE, epochs=3, augment="none")
+
+    def tuned(out_dir):
+        torch.manual_seed(0)
+        model = PointTransformer(dataclasses.replace(SMALL, num_classes=3))
+        finetune.fine_tune(model, data, recipe, seed=0, out_dir=out_dir)
+        return model.state_dict()
+
+    whole = tuned(tmp_path / "whole")
+    step, calls = finetune.ClassifierStep.__call__, []
+
+    def killed_in_epoch_two(self, model, batch, generator):
+        calls.append(1)
+        if len(calls) == 2 * len(data) // recipe.batch_size + 1:
+            raise KeyboardInterrupt
+        return step(self, model, batch, generator)
+
+    monkeypatch.setattr(finetune.ClassifierStep, "__call__", killed_in_epoch_two)
+    with pytest.raises(KeyboardInterrupt):
+        tuned(tmp_path / "run")
+    assert [p.name for p in sorted((tmp_path / "run").glob("epoch-*"))] == [
+        "epoch-0001.safetensors", "epoch-0001.state.pt"
+    ]  # fmt: skip
+    counted = []
+
+    def counting(self, model, batch, generator):
+        counted.append(1)
+        return step(self, model, batch, generator)
+
+    monkeypatch.setattr(finetune.ClassifierStep, "__call__", counting)
+    resumed = tuned(tmp_path / "run")  # only epoch 2 runs again, then the files go
+    assert len(counted) == len(data) // recipe.batch_size
+    assert all(torch.equal(whole[k], resumed[k]) for k in whole)
+    assert not list((tmp_path / "run").glob("epoch-*"))
 
 
 def test_summary_is_mean_and_sample_std_over_seeds():

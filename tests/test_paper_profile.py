@@ -4,6 +4,7 @@ initialised CLIP (open_clip ``local-dir:``), DINOv2 and BLIP-2 saved to local di
 place of the hub weights. Everything else (point_mae backbone, recipes, stages) is the paper's."""
 
 import json
+import shutil
 
 import numpy as np
 import pytest
@@ -89,7 +90,8 @@ def paper_repo(tmp_path_factory):
         },
     )
     write_real_datasets(repo / "data" / "real")
-    return repo
+    yield repo
+    shutil.rmtree(repo)  # point_mae checkpoints of every pretraining variant: gigabytes
 
 
 @pytest.mark.slow
