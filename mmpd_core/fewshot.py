@@ -25,34 +25,28 @@ from mmpd_core.finetune import (
     extract_features,
     fine_tune,
     load_pretrained,
-    make_head,
     predict,
     train_head,
 )
 
 
 def episode_accuracy(
-    cfg: FewshotStage, recipe: Recipe, checkpoint: str, episode, seed: int, encoder=None
-):
+    cfg: FewshotStage, recipe: Recipe, checkpoint: str, episode, seed: int, out_dir: Path,
+    encoder=None,
+):  # fmt: skip
     """Train on the support set of ``episode`` (support, query, way), score the query set.
-    Frozen protocols use ``encoder`` (loaded once per checkpoint by ``run``)."""
+    Full fine-tuning writes its checkpoints and dvclive in ``out_dir``, one per episode (a
+    killed episode resumes from there); frozen protocols use ``encoder`` (loaded once per
+    checkpoint by ``run``)."""
     support, query, way = episode
-    torch.manual_seed(seed)
     overrides = {"num_groups": recipe.num_groups, "drop_path_rate": recipe.drop_path_rate}
     if cfg.protocol != "full":
         feats, labels = extract_features(encoder, support)
-        head = train_head(
-            make_head(cfg.protocol, feats.shape[1], way, encoder.config),
-            feats,
-            labels,
-            recipe,
-            seed,
-        )
+        head = train_head(cfg.protocol, feats, labels, way, encoder.config, recipe, seed)
         query_feats, query_labels = extract_features(encoder, query)
         with torch.no_grad():
             return accuracy(head(query_feats), query_labels)
-    model = load_pretrained(checkpoint, cfg.model, num_classes=way, **overrides)
-    out_dir = resolve(cfg.out_dir) / "episode"
+    model = load_pretrained(checkpoint, cfg.model, seed=seed, num_classes=way, **overrides)
     fine_tune(model, support, recipe, seed=seed, out_dir=out_dir)
     plain, _, labels = predict(model, query, recipe, votes=0, seed=seed)
     return accuracy(plain, labels)
@@ -81,12 +75,16 @@ def run(cfg: FewshotStage) -> list[dict]:
                 encoder = None
                 if cfg.protocol != "full":  # frozen: one encoder for every episode
                     encoder = load_pretrained(
-                        checkpoint, cfg.model, num_groups=recipe.num_groups
+                        checkpoint, cfg.model, seed=cfg.seed, num_groups=recipe.num_groups
                     ).eval()
-                accs = [
-                    100 * episode_accuracy(cfg, recipe, checkpoint, ep, cfg.seed + fold, encoder)
-                    for fold, ep in enumerate(episodes)
-                ]
+                runs = resolve(cfg.out_dir) / checkpoint_name(checkpoint).replace("/", "-")
+                accs = []
+                for fold, ep in enumerate(episodes):
+                    out_dir = runs / f"{way}way{shot}shot-fold{fold}"
+                    acc = episode_accuracy(
+                        cfg, recipe, checkpoint, ep, cfg.seed + fold, out_dir, encoder
+                    )
+                    accs.append(100 * acc)
                 rows.append(
                     {
                         "checkpoint": checkpoint_name(checkpoint),

@@ -120,19 +120,22 @@ def augment(points: torch.Tensor, recipe: Recipe, generator: torch.Generator) ->
 # ---------------------------------------------------------------------------- encoders
 
 
-def load_pretrained(checkpoint: str, model: str, **overrides) -> PointTransformer:
+def load_pretrained(checkpoint: str, model: str, *, seed: int = 0, **overrides) -> PointTransformer:
     """``scratch`` (a fresh ``model``), a pretraining run dir / ``encoder.safetensors``, or a
-    released upstream Point-MAE ``.pth`` (explicit key map, ``weights_only``)."""
-    if checkpoint == "scratch":
-        return create_model(model, **overrides)
-    path = resolve(checkpoint)
-    if path.suffix in (".pth", ".pt", ".ckpt"):
-        encoder = create_model(model, **overrides)
-        load_upstream_checkpoint(encoder, path)
-        return encoder
-    if not path.exists():
+    released upstream Point-MAE ``.pth`` (explicit key map, ``weights_only``). ``seed`` fixes
+    what the checkpoint does not hold (all of a scratch encoder, a new classification head);
+    the global RNG is left as it was."""
+    path = None if checkpoint == "scratch" else resolve(checkpoint)
+    if path is not None and not path.exists():
         raise FileNotFoundError(f"{path}: no pretrained encoder (run its pretraining stage)")
-    return load_encoder(path, **overrides)
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        if path is None or path.suffix in (".pth", ".pt", ".ckpt"):
+            encoder = create_model(model, **overrides)
+            if path is not None:
+                load_upstream_checkpoint(encoder, path)
+            return encoder
+        return load_encoder(path, **overrides)
 
 
 def checkpoint_name(checkpoint: str) -> str:
@@ -167,9 +170,13 @@ def make_head(protocol: str, in_dim: int, num_classes: int, config) -> nn.Module
     return classification_head(in_dim, config.head_hidden, num_classes, config.head_dropout)
 
 
-def train_head(head: nn.Module, feats, labels, recipe: Recipe, seed: int) -> nn.Module:
-    """Full-batch AdamW with a cosine schedule on cached features (frozen protocols)."""
+def train_head(
+    protocol: str, feats, labels, num_classes: int, config, recipe: Recipe, seed: int
+) -> nn.Module:
+    """``make_head`` initialised from ``seed``, then full-batch AdamW with a cosine schedule on
+    cached features (frozen protocols); the head comes back in eval mode."""
     torch.manual_seed(seed)
+    head = make_head(protocol, feats.shape[1], num_classes, config)
     optimizer = torch.optim.AdamW(
         head.parameters(), lr=recipe.head_lr, weight_decay=recipe.weight_decay
     )
@@ -275,18 +282,16 @@ def run_seed(
 ) -> dict:
     """One seed of one protocol: train, then the test accuracy (and the voted one, full)."""
     train_set, test_set, classes = data
-    torch.manual_seed(seed)
     overrides = {"num_groups": recipe.num_groups, "drop_path_rate": recipe.drop_path_rate}
     if cfg.protocol != "full":
         (feats, labels), (test_feats, test_labels), config = frozen_features(
             cfg, recipe, data, features
         )
-        head = make_head(cfg.protocol, feats.shape[1], classes, config)
-        head = train_head(head, feats, labels, recipe, seed)
+        head = train_head(cfg.protocol, feats, labels, classes, config, recipe, seed)
         with torch.no_grad():
             train_acc, acc = accuracy(head(feats), labels), accuracy(head(test_feats), test_labels)
         return {"seed": seed, "acc": acc, "acc_vote": math.nan, "train_acc": train_acc}
-    model = load_pretrained(cfg.checkpoint, cfg.model, num_classes=classes, **overrides)
+    model = load_pretrained(cfg.checkpoint, cfg.model, seed=seed, num_classes=classes, **overrides)
     result = fine_tune(
         model, train_set, recipe, seed=seed, out_dir=out_dir / f"seed{seed}",
         num_workers=cfg.num_workers,

@@ -11,7 +11,7 @@ from openTSNE import TSNE
 from sklearn.metrics import silhouette_score
 
 from mmpd_core.config import FinetuneStage, TsneStage
-from mmpd_core.finetune import cached_splits, frozen_features, make_head, recipe_of, train_head
+from mmpd_core.finetune import cached_splits, frozen_features, recipe_of, train_head
 
 
 def embed(feats: np.ndarray, *, seed: int, perplexity: float) -> np.ndarray:
@@ -31,13 +31,7 @@ def panel(cfg: TsneStage, base: FinetuneStage, checkpoint: str, cache: dict) -> 
     (train_x, train_y), (test_x, test_y), config = frozen_features(run, recipe, data, cache)
     keep = torch.ones(len(test_y), dtype=torch.bool)
     if cfg.correct_only:
-        head = train_head(
-            make_head("linear", train_x.shape[1], data[2], config),
-            train_x,
-            train_y,
-            recipe,
-            cfg.seed,
-        )
+        head = train_head("linear", train_x, train_y, data[2], config, recipe, cfg.seed)
         with torch.no_grad():
             keep = head(test_x).argmax(1) == test_y
     feats, labels = test_x[keep].numpy(), test_y[keep].numpy()

@@ -41,7 +41,12 @@ def test_frozen_encoder_features_are_deterministic_and_a_head_separates_classes(
     again, _ = finetune.extract_features(encoder, data, amp="none")
     assert feats.shape == (18, 64) and torch.equal(feats, again)
     assert not any(p.grad is not None for p in encoder.parameters())
-    head = finetune.train_head(finetune.make_head("linear", 64, 3, SMALL), feats, labels, RECIPE, 0)
+    head = finetune.train_head("mlp3", feats, labels, 3, SMALL, RECIPE, seed=0)
+    torch.rand(5)  # draws in between (a DataLoader, another run) change nothing
+    again = finetune.train_head("mlp3", feats, labels, 3, SMALL, RECIPE, seed=0)
+    pairs = zip(head.parameters(), again.parameters(), strict=True)
+    assert all(torch.equal(a, b) for a, b in pairs)
+    head = finetune.train_head("linear", feats, labels, 3, SMALL, RECIPE, seed=0)
     assert finetune.accuracy(head(feats), labels) == 1.0
     mlp3 = finetune.make_head("mlp3", 64, 3, SMALL)
     assert [type(m).__name__ for m in mlp3][:2] == ["Linear", "BatchNorm1d"]
@@ -85,29 +90,25 @@ def test_full_finetuning_resumes_a_killed_run_exactly(tmp_path, monkeypatch):
         return model.state_dict()
 
     whole = tuned(tmp_path / "whole")
-    step, calls = finetune.ClassifierStep.__call__, []
+    steps_per_epoch = len(data) // recipe.batch_size
+    step, calls, kill = finetune.ClassifierStep.__call__, [], {"at": 2 * steps_per_epoch + 1}
 
-    def killed_in_epoch_two(self, model, batch, generator):
+    def counted(self, model, batch, generator):  # killed at the first step of epoch 2
         calls.append(1)
-        if len(calls) == 2 * len(data) // recipe.batch_size + 1:
+        if len(calls) == kill["at"]:
             raise KeyboardInterrupt
         return step(self, model, batch, generator)
 
-    monkeypatch.setattr(finetune.ClassifierStep, "__call__", killed_in_epoch_two)
+    monkeypatch.setattr(finetune.ClassifierStep, "__call__", counted)
     with pytest.raises(KeyboardInterrupt):
         tuned(tmp_path / "run")
     assert [p.name for p in sorted((tmp_path / "run").glob("epoch-*"))] == [
         "epoch-0001.safetensors", "epoch-0001.state.pt"
     ]  # fmt: skip
-    counted = []
-
-    def counting(self, model, batch, generator):
-        counted.append(1)
-        return step(self, model, batch, generator)
-
-    monkeypatch.setattr(finetune.ClassifierStep, "__call__", counting)
+    calls.clear()
+    kill["at"] = None
     resumed = tuned(tmp_path / "run")  # only epoch 2 runs again, then the files go
-    assert len(counted) == len(data) // recipe.batch_size
+    assert len(calls) == steps_per_epoch
     assert all(torch.equal(whole[k], resumed[k]) for k in whole)
     assert not list((tmp_path / "run").glob("epoch-*"))
 
@@ -148,6 +149,26 @@ def test_checkpoints_load_by_kind_and_fail_clearly(tmp_path):
         finetune.dataset_family("shapenet")
 
 
+def test_random_parts_of_a_loaded_encoder_follow_the_seed_not_the_global_rng(tmp_path):
+    save_encoder(tmp_path, PointTransformer(SMALL))
+
+    def weights(checkpoint, seed, **overrides):
+        torch.manual_seed(torch.randint(1000, ()).item())  # whatever ran before
+        state = torch.get_rng_state()
+        model = finetune.load_pretrained(checkpoint, "point_mae_tiny", seed=seed, **overrides)
+        assert torch.equal(torch.get_rng_state(), state)  # the global RNG is untouched
+        return model.state_dict()
+
+    a, b, c = (weights("scratch", seed) for seed in (0, 0, 1))
+    assert all(torch.equal(a[k], b[k]) for k in a) and not torch.equal(
+        a["cls_token"], c["cls_token"]
+    )
+    heads = [weights(str(tmp_path), seed, num_classes=4) for seed in (3, 3, 4)]
+    head = [k for k in heads[0] if k.startswith("head.")]
+    assert head and all(torch.equal(heads[0][k], heads[1][k]) for k in head)
+    assert not all(torch.equal(heads[0][k], heads[2][k]) for k in head)
+
+
 def test_fewshot_episodes_from_official_pickles(tmp_path):
     root = tmp_path / "ModelNetFewshot"
     for fold in range(2):
@@ -173,6 +194,21 @@ def test_fewshot_episodes_from_official_pickles(tmp_path):
         assert acc * 6 / 100 == pytest.approx(round(acc * 6 / 100), abs=1e-4)
     saved = json.loads((tmp_path / "results/fewshot.json").read_text())
     assert saved["rows"][0]["accs"] == rows[0]["accs"]
+    # full fine-tuning: one run directory per (checkpoint, episode), so an episode never
+    # resumes another's checkpoint; dvclive stays, the checkpoints go
+    recipe = dataclasses.asdict(dataclasses.replace(RECIPE, epochs=1, batch_size=2))
+    full = dataclasses.replace(
+        cfg, protocol="full", recipe=recipe, checkpoints=("scratch", str(tmp_path / "enc"))
+    )
+    fewshot.run(full)
+    runs = sorted((tmp_path / "runs").glob("*/*"))
+    named = sorted((r.parent.name.split("-")[-1], r.name) for r in runs)  # .../enc -> ...-enc
+    assert named == [
+        ("enc", "2way2shot-fold0"), ("enc", "2way2shot-fold1"),
+        ("scratch", "2way2shot-fold0"), ("scratch", "2way2shot-fold1"),
+    ]  # fmt: skip
+    assert all((r / "live/metrics.json").is_file() for r in runs)
+    assert not list((tmp_path / "runs").rglob("epoch-*"))
 
 
 def test_report_tables_put_this_run_beside_the_paper():
