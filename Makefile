@@ -41,8 +41,10 @@ format: install
 strip: install
 	$(BIN)/nbstripout --keep-id notebooks/*.ipynb
 
+# The whole pipeline; each stage streams its progress, then where the results are.
 repro: install
 	$(BIN)/dvc repro
+	$(BIN)/python -m mmpd_core.cli summary
 
 bench: install
 	$(BIN)/python benchmarks/bench_geometry.py

@@ -24,7 +24,7 @@ from mmpd_core.data.datasets import ShapeNet55Dataset
 from mmpd_core.models import create_model
 from mmpd_core.profiling import time_steps
 from mmpd_core.stage1 import Stage1Model, Stage1Step, target_source
-from mmpd_core.teacher_cache import TargetSource
+from mmpd_core.teachers.cache import TargetSource
 
 
 def paper_teachers(tmp: str) -> list:

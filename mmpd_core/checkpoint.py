@@ -85,6 +85,35 @@ def save_checkpoint(
     return path
 
 
+def _metadata(path: Path, handle) -> dict:
+    metadata = handle.metadata() or {}
+    if metadata.get("format") != "mmpd/1":
+        raise ValueError(f"{path}: not an mmpd checkpoint (metadata {sorted(metadata)})")
+    return {
+        "config": json.loads(metadata["config"]),
+        "extra": json.loads(metadata["extra"]),
+        "git_sha": metadata["git_sha"],
+    }
+
+
+def _open(path: str | Path, read_tensors: bool) -> tuple[dict[str, torch.Tensor], dict]:
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"checkpoint not found: {path}")
+    try:
+        with safe_open(path, framework="pt") as handle:
+            meta = _metadata(path, handle)
+            tensors = {key: handle.get_tensor(key) for key in handle.keys()} if read_tensors else {}
+    except (SafetensorError, OSError) as exc:
+        raise ValueError(f"{path}: not a readable safetensors checkpoint ({exc})") from exc
+    return tensors, meta
+
+
+def read_metadata(path: str | Path) -> dict:
+    """A checkpoint's ``{"config", "extra", "git_sha"}`` without reading its tensors."""
+    return _open(path, read_tensors=False)[1]
+
+
 def load_checkpoint(
     path: str | Path, *, expected_config: dict | None = None
 ) -> tuple[dict[str, torch.Tensor], dict]:
@@ -93,22 +122,7 @@ def load_checkpoint(
     With ``expected_config``, every field must match the stored config, otherwise a
     ``ValueError`` names the differing fields.
     """
-    path = Path(path)
-    if not path.is_file():
-        raise FileNotFoundError(f"checkpoint not found: {path}")
-    try:
-        with safe_open(path, framework="pt") as handle:
-            metadata = handle.metadata() or {}
-            tensors = {key: handle.get_tensor(key) for key in handle.keys()}
-    except (SafetensorError, OSError) as exc:
-        raise ValueError(f"{path}: not a readable safetensors checkpoint ({exc})") from exc
-    if metadata.get("format") != "mmpd/1":
-        raise ValueError(f"{path}: not an mmpd checkpoint (metadata {sorted(metadata)})")
-    meta = {
-        "config": json.loads(metadata["config"]),
-        "extra": json.loads(metadata["extra"]),
-        "git_sha": metadata["git_sha"],
-    }
+    tensors, meta = _open(path, read_tensors=True)
     if expected_config is not None:
         expected = json.loads(json.dumps(expected_config))  # tuples -> lists, like the stored one
         keys = set(expected) | set(meta["config"])

@@ -1,6 +1,9 @@
 """Command line: the only place in mmpd_core that parses arguments (the notebooks are the
 other application layer). ``python -m mmpd_core.cli --help``.
 
+- ``notebook IN OUT [-p name value ...]``: run a stage notebook with papermill, its output
+  streamed to the console (``mmpd_core.runner``; what ``dvc.yaml`` calls);
+- ``summary``: where the tables and figures of the last pipeline run are (``make repro``);
 - ``zeroshot CLOUD --classes a,b,c``: rank class names for one point cloud (.ply/.npy/.txt)
   with a Stage-1 model;
 - ``stage1`` / ``stage2 [--variant NAME]``: pretraining from params.yaml, the entry points
@@ -13,6 +16,8 @@ import argparse
 import sys
 from pathlib import Path
 
+import yaml
+
 
 def _classes(value: str) -> list[str]:
     path = Path(value)
@@ -21,11 +26,11 @@ def _classes(value: str) -> list[str]:
 
 
 def zeroshot_command(args) -> None:
-    from mmpd_core import zeroshot
     from mmpd_core.stage1 import load_stage1
+    from mmpd_core.tasks import zeroshot
     from mmpd_core.teachers import build_teacher
 
-    model, ckpt = load_stage1(args.checkpoint_dir)
+    model, ckpt = load_stage1(args.checkpoint)
     name = zeroshot.text_teacher_name(ckpt["teachers"])
     teacher = build_teacher(ckpt["teachers"][name])
     cloud = zeroshot.load_cloud(args.cloud, up=args.up, num_points=args.points)
@@ -45,13 +50,36 @@ def pretrain_command(args) -> None:
     print(f"done: {result.final}")
 
 
+def notebook_command(args) -> None:
+    from mmpd_core import runner
+
+    parameters = {name: yaml.safe_load(value) for name, value in args.parameters}
+    runner.execute(args.input, args.output, parameters)
+
+
+def summary_command(args) -> None:
+    from mmpd_core import report
+
+    print(report.summary())
+
+
 def main(argv=None) -> None:
     parser = argparse.ArgumentParser(prog="python -m mmpd_core.cli", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
+    nb = sub.add_parser("notebook", help="run a stage notebook with papermill (dvc.yaml)")
+    nb.add_argument("input", help="the source notebook")
+    nb.add_argument("output", help="where the executed copy goes")
+    nb.add_argument(
+        "-p", dest="parameters", nargs=2, action="append", default=[], metavar=("NAME", "VALUE"),
+        help="a notebook parameter; the value is read as YAML (True, 3, [0, 1], text)",
+    )  # fmt: skip
+    nb.set_defaults(run=notebook_command)
+    sm = sub.add_parser("summary", help="where the tables and figures are")
+    sm.set_defaults(run=summary_command)
     zs = sub.add_parser("zeroshot", help="rank class names for a point cloud")
     zs.add_argument("cloud", help=".ply, .npy or .txt/.xyz point cloud")
     zs.add_argument("--classes", type=_classes, required=True, help="a,b,c or a file of names")
-    zs.add_argument("--checkpoint-dir", default="runs/stage1", help="a Stage-1 out_dir")
+    zs.add_argument("--checkpoint", default="stage1", help="a Stage-1 run (name or directory)")
     zs.add_argument("--up", choices=("y", "z"), default="y", help="the cloud's up axis")
     zs.add_argument("--top", type=int, default=5)
     zs.add_argument("--points", type=int, default=1024, help="FPS the cloud down to this many")

@@ -1,33 +1,49 @@
 """params.yaml -> one frozen, typed dataclass per stage.
 
-Config flows one way: a ``params.yaml`` section per stage, optionally shrunk by its ``smoke``
-sub-section, overridden by notebook parameters, validated field by field (a papermill string
-"false" is rejected for a bool), then passed around as explicit arguments.
+Config flows one way. ``load(stage)`` takes the stage's section of ``params.yaml`` and merges
+onto it, deeply (OmegaConf), its ``paper`` part when the top-level ``profile`` is ``paper``, a
+named variant (``variants.<stage>.<name>``), its ``smoke`` part when ``smoke`` is on, and the
+caller's overrides (notebook parameters); derived fields are filled in (``_DERIVED``) and the
+result is validated field by field into the stage's frozen dataclass (pydantic): a wrong type,
+a missing or an unknown key is an error naming the file and the key. A papermill string such
+as "false" is rejected for ``smoke``.
+
+Every key ``load`` reads is recorded (``params_read``): the DVC stage running that notebook
+must declare it in ``dvc.yaml`` (a test checks), so ``dvc status`` never misses a change.
+
+Runs are referred to by name everywhere (params, tables): ``scratch``, ``stage1``, ``stage2``
+or ``<stage1|stage2>:<variant>``; ``run_dir`` is the one place that maps a name to its
+directory (``runs/stage2_variants/<variant>``); any other value is a path.
 """
 
 from __future__ import annotations
 
+import copy
 import dataclasses
 import platform
-import types
-import typing
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Literal
 
 import torch
 import yaml
+from omegaconf import OmegaConf
+from pydantic import ConfigDict, TypeAdapter, ValidationError
 
 from mmpd_core.checkpoint import git_sha
 
 PROJECT_ROOT = Path(__file__).resolve().parent.parent
 PARAMS_FILE = PROJECT_ROOT / "params.yaml"
+PROFILES = ("embedded", "paper")
+STRICT = ConfigDict(extra="forbid")  # unknown keys are errors
 
 
 @dataclass(frozen=True)
 class ModelsStage:
-    """The ``models`` stage: size, FLOPs and step time of every backbone variant."""
+    """The ``models`` stage: size, FLOPs and step time of every registered model."""
 
-    variants: tuple[str, ...]
+    __pydantic_config__ = STRICT
+    models: tuple[str, ...]  # models.MODELS names
     batch_size: int
     num_points: int
     num_classes: int
@@ -40,7 +56,8 @@ class ModelsStage:
 class DataPrepStage:
     """The ``data_prep`` stage: the embedded procedural benchmark, or the real datasets."""
 
-    source: str  # "embedded": generate the procedural benchmark; "real": use real_root
+    __pydantic_config__ = STRICT
+    source: Literal["embedded", "real"]  # embedded: generate the procedural benchmark
     out_dir: str  # where data, renders, captions and manifest.json go
     real_root: str  # source "real": holds ShapeNet55-34/, modelnet40_normal_resampled/, ...
     seed: int
@@ -60,30 +77,23 @@ class DataPrepStage:
     render_views: int
     render_elevation: float
     render_resolution: int
-    captioner: str  # "templates" (from shape attributes / category names) or "blip2"
+    captioner: Literal["templates", "blip2"]  # templates: from shape attributes / class names
     blip2_model: str  # hub id or local directory, for captioner "blip2"
     captions_per_shape: int
     contact_sheet: str  # PNG of renders for a person to look at
-
-    def __post_init__(self):
-        if self.source not in ("embedded", "real"):
-            raise ValueError(f"data_prep.source must be 'embedded' or 'real', got {self.source!r}")
-        if self.captioner not in ("templates", "blip2"):
-            raise ValueError(
-                f"data_prep.captioner must be 'templates' or 'blip2', got {self.captioner!r}"
-            )
 
 
 @dataclass(frozen=True)
 class TeacherCacheStage:
     """The ``teacher_cache`` stage: frozen-teacher features of every view and caption."""
 
+    __pydantic_config__ = STRICT
     teachers: tuple[dict, ...]  # specs for mmpd_core.teachers.build_teacher
     data_manifest: str
     out_dir: str
     view_stride: int  # cache every view_stride-th rendered view (1: all)
     batch_size: int
-    dtype: str  # float16 | float32 (storage)
+    dtype: Literal["float16", "float32"]  # storage
 
 
 @dataclass(frozen=True)
@@ -98,15 +108,16 @@ class Schedule:
     warmup_epochs: int
     min_lr: float
     grad_clip: float
-    amp: str  # none | bf16
+    amp: Literal["none", "bf16"]
 
 
 @dataclass(frozen=True)
 class Stage1Stage(Schedule):
     """The ``pretrain_stage1`` stage: multi-teacher alignment (Eq. 3)."""
 
-    model: str  # a models.VARIANTS name (ignored when ``init`` names a run)
-    init: str  # "": random initialisation; else a pretraining run dir whose encoder starts here
+    __pydantic_config__ = STRICT
+    model: str  # a models.MODELS name (ignored when ``init`` names a run)
+    init: str  # "": random initialisation; else a run (name or path) whose encoder starts here
     teachers: tuple[str, ...]  # names of cached teachers taking part (Table 11: one or all)
     data_manifest: str
     cache_dir: str
@@ -115,11 +126,8 @@ class Stage1Stage(Schedule):
     accumulation: int
     num_workers: int
     seed: int
-    out_dir: str
-    live_dir: str  # dvclive directory
-
-
-LOCAL_TARGETS = ("features", "points", "none")
+    out_dir: str  # derived from the run name (run_dir)
+    live_dir: str  # dvclive directory, derived likewise
 
 
 @dataclass(frozen=True)
@@ -127,10 +135,11 @@ class Stage2Stage(Schedule):
     """``pretrain_stage2`` and its variants: masked point distillation (Eq. 4-6), the Table 4/7/8/11
     ablations, the Point-MAE baseline and joint single-stage training (all one code path)."""
 
-    model: str  # a models.VARIANTS name, used when there is no teacher to copy the shape from
-    teacher_dir: str  # a Stage-1 run dir: its encoder is the frozen teacher; "": no teacher
-    init: str  # "teacher": the student starts as a copy of the teacher; "random"
-    local_target: str  # "features": Eq. (4); "points": Chamfer-L2 of masked patches; "none"
+    __pydantic_config__ = STRICT
+    model: str  # a models.MODELS name, used when there is no teacher to copy the shape from
+    teacher: str  # a Stage-1 run (name or path): its frozen encoder gives the targets; "": none
+    init: Literal["teacher", "random"]  # the student starts as a copy of the teacher, or fresh
+    local_target: Literal["features", "points", "none"]  # Eq. (4) | Chamfer of masked patches
     shuffle: bool  # shuffle token contents before the local decoder (positions stay)
     global_distill: bool  # Eq. (5)
     joint: bool  # add Stage-1 alignment (Eq. 3) on the same encoder, targets = its own features
@@ -140,7 +149,7 @@ class Stage2Stage(Schedule):
     mask_ratio: float
     decoder_depth: int  # local decoder blocks
     decoder_heads: int
-    global_decoder: str  # "transformer" | "mlp"
+    global_decoder: Literal["transformer", "mlp"]
     global_decoder_depth: int
     num_points: int
     accumulation: int
@@ -150,78 +159,90 @@ class Stage2Stage(Schedule):
     live_dir: str
 
     def __post_init__(self):
-        if self.local_target not in LOCAL_TARGETS:
-            raise ValueError(
-                f"local_target must be one of {LOCAL_TARGETS}, got {self.local_target!r}"
-            )
-        if self.init not in ("teacher", "random"):
-            raise ValueError(f"init must be 'teacher' or 'random', got {self.init!r}")
-        if self.global_decoder not in ("transformer", "mlp"):
-            raise ValueError(
-                f"global_decoder must be 'transformer' or 'mlp', got {self.global_decoder!r}"
-            )
         if self.local_target == "none" and not self.global_distill:
             raise ValueError("nothing to train: local_target 'none' and global_distill false")
-        if not self.teacher_dir and not self.joint:
+        if not self.teacher and not self.joint:
             if self.local_target != "points" or self.global_distill or self.init == "teacher":
                 raise ValueError(
-                    "without a teacher (teacher_dir '') only point reconstruction from a random "
+                    "without a teacher (teacher '') only point reconstruction from a random "
                     "init can run (the Point-MAE baseline), unless joint is true"
                 )
-        if self.joint and self.teacher_dir:
-            raise ValueError("joint training distils the model's own features: set teacher_dir ''")
+        if self.joint and self.teacher:
+            raise ValueError("joint training distils the model's own features: set teacher ''")
 
 
 @dataclass(frozen=True)
-class FinetuneStage:
-    """``finetune.ipynb``: one encoder, one dataset, one protocol, several seeds (Table 3)."""
+class Recipe(Schedule):
+    """How an encoder is transferred to one dataset family: ``transfer.recipe`` merged with
+    ``transfer.datasets.<family>``. The ``Schedule`` fields drive full fine-tuning."""
 
-    dataset: str  # modelnet40 | scanobjectnn | synthetic_modelnet | synthetic_scanobjectnn
-    variant: str  # ScanObjectNN: obj_bg | obj_only | pb_t50_rs
-    checkpoint: str  # scratch | a pretraining run dir | an encoder.safetensors | upstream .pth
-    protocol: str  # full | mlp3 | linear (the last two freeze the encoder)
-    model: str  # architecture for ``scratch`` and upstream checkpoints
+    __pydantic_config__ = STRICT
+    num_points: int
+    augment: Literal["scale_translate", "rotate_up", "none"]
+    drop_path_rate: float
+    head_epochs: int  # frozen protocols: full-batch epochs of the head on cached features
+    head_lr: float
+    grouping: dict[str, dict[str, int]]  # per architecture: its config at this cloud size
+
+
+Protocol = Literal["full", "mlp3", "linear"]
+
+
+@dataclass(frozen=True)
+class ClassificationStage:
+    """Every checkpoint x dataset x protocol, each over ``seeds`` (Table 3: ``classification``;
+    Tables 4, 7, 8, 11: ``ablations``; one cell: ``finetune``, the notebook run by hand)."""
+
+    __pydantic_config__ = STRICT
+    checkpoints: tuple[str, ...]  # scratch | run names | encoder files | upstream .pth files
+    datasets: tuple[str, ...]  # modelnet40 | scanobjectnn/<subset> (synthetic_*: embedded only)
+    protocols: tuple[Protocol, ...]
     seeds: tuple[int, ...]
     votes: int  # augmented test passes averaged (0: none); reported beside the plain accuracy
+    model: str  # architecture of ``scratch`` and upstream checkpoints
     data_manifest: str
     num_workers: int
-    recipes: dict  # per dataset family: points, groups, augmentation, optimiser, epochs
-    out_dir: str  # checkpoints of full fine-tuning, runs/finetune/<tag>/seed<k>
-    results_dir: str  # <tag>.json: per-seed and mean/std accuracies
+    recipes: dict[str, Recipe]  # per dataset family
+    out_dir: str  # full fine-tuning runs (checkpoints while they run, dvclive)
+    results_dir: str  # one JSON per (dataset, checkpoint, protocol)
+    table: str  # <table>.csv / .json: one row per run; "": none
 
     def __post_init__(self):
-        if self.protocol not in ("full", "mlp3", "linear"):
-            raise ValueError(f"protocol must be full, mlp3 or linear, got {self.protocol!r}")
         if not self.seeds:
             raise ValueError("seeds must name at least one seed")
 
 
 @dataclass(frozen=True)
-class GridStage:
-    """A table's classification runs (``classification``: Table 3; ``ablations``: Tables 4, 7,
-    8, 11): every checkpoint x dataset x protocol, each over ``seeds``, with the ``finetune``
-    section's recipes."""
+class FewshotStage:
+    """The ``fewshot`` stage (Table 1): n-way m-shot episodes for several encoders."""
 
-    checkpoints: tuple[str, ...]  # scratch | pretraining run dirs
-    datasets: tuple[str, ...]  # modelnet40 | scanobjectnn/<variant>
-    protocols: tuple[str, ...]
-    seeds: tuple[int, ...]
-    votes: int
-    results_dir: str  # one JSON per run
-    out_dir: str  # checkpoints of full fine-tuning runs
-    table: str  # <table>.csv: one row per run; <table>.json: the same keyed by run (a metric)
+    __pydantic_config__ = STRICT
+    checkpoints: tuple[str, ...]
+    ways: tuple[int, ...]
+    shots: tuple[int, ...]
+    folds: int  # episodes per (way, shot); the official release has 10
+    protocol: Protocol  # full (the paper) | mlp3 | linear (frozen encoder)
+    model: str
+    seed: int
+    data_manifest: str
+    recipe: Recipe  # the modelnet40 recipe with this section's ``recipe`` on top
+    out_dir: str
+    results_dir: str
 
 
 @dataclass(frozen=True)
 class TsneStage:
     """The ``tsne`` stage: t-SNE of test-split global features per encoder, with silhouettes."""
 
+    __pydantic_config__ = STRICT
     checkpoints: tuple[str, ...]
-    dataset: str
-    variant: str
+    dataset: str  # modelnet40 | scanobjectnn/<subset>
     seed: int
     perplexity: float
     correct_only: bool  # keep only test clouds a linear probe classifies correctly
+    model: str
+    data_manifest: str
+    recipes: dict[str, Recipe]
     out_dir: str  # figures: tsne_<dataset>.png / .pdf
     results: str  # silhouette scores (JSON, a DVC metric)
 
@@ -230,52 +251,26 @@ class TsneStage:
 class ReportStage:
     """The ``report`` stage: every paper table from the result files."""
 
+    __pydantic_config__ = STRICT
     classification: str  # results CSV of the classification grid (Table 3)
     ablations: str  # results CSV of the ablation grid (Tables 4, 7, 8, 11)
-    ablation_protocol: str
+    ablation_protocol: Protocol
     fewshot: str
-    data_manifest: str
     model: str  # backbone whose parameter count Table 5 lists
     out_dir: str
-
-
-@dataclass(frozen=True)
-class FewshotStage:
-    """The ``fewshot`` stage (Table 1): n-way m-shot episodes for several encoders."""
-
-    checkpoints: tuple[str, ...]  # scratch | pretraining run dirs
-    ways: tuple[int, ...]
-    shots: tuple[int, ...]
-    folds: int  # episodes per (way, shot); the official release has 10
-    protocol: str  # full (the paper) | mlp3 | linear (frozen encoder)
-    model: str
-    seed: int
-    data_manifest: str
-    recipe: dict  # a finetune.Recipe
-    out_dir: str
-    results_dir: str
-
-    def __post_init__(self):
-        if self.protocol not in ("full", "mlp3", "linear"):
-            raise ValueError(f"protocol must be full, mlp3 or linear, got {self.protocol!r}")
 
 
 @dataclass(frozen=True)
 class ZeroShotStage:
     """The ``zeroshot`` stage: Table 2 on the clean classification test split."""
 
-    checkpoint_dir: str  # a Stage-1 run's out_dir (its checkpoint names the text teacher)
+    __pydantic_config__ = STRICT
+    checkpoint: str  # a Stage-1 run (its checkpoint names the text teacher)
     data_manifest: str
     num_points: int
     batch_size: int
     out_dir: str
 
-
-# Named variants of a stage (params.yaml ``variants.<stage>.<name>``: overrides of its section)
-# write to runs/<dir>/<name> and log to reports/dvclive/<dir>/<name>.
-VARIANT_DIRS = {"pretrain_stage1": "stage1_variants", "pretrain_stage2": "stage2_variants"}
-# ``profile: paper`` in params.yaml applies every section's (and variant's) ``paper`` part.
-PROFILES = ("embedded", "paper")
 
 STAGES: dict[str, type] = {
     "models": ModelsStage,
@@ -283,14 +278,68 @@ STAGES: dict[str, type] = {
     "teacher_cache": TeacherCacheStage,
     "pretrain_stage1": Stage1Stage,
     "pretrain_stage2": Stage2Stage,
-    "finetune": FinetuneStage,
+    "finetune": ClassificationStage,
+    "classification": ClassificationStage,
+    "ablations": ClassificationStage,
     "fewshot": FewshotStage,
-    "classification": GridStage,
-    "ablations": GridStage,
     "tsne": TsneStage,
     "report": ReportStage,
     "zeroshot": ZeroShotStage,
 }
+
+# ---------------------------------------------------------------------------- run names
+
+RUNS = {"stage1": "pretrain_stage1", "stage2": "pretrain_stage2"}  # run name -> its stage
+
+
+def run_dir(ref: str) -> str:
+    """The directory of a run name (``stage2`` -> ``runs/stage2``; ``stage2:no_shuffle`` ->
+    ``runs/stage2_variants/no_shuffle``); ``scratch``, "" and paths come back unchanged."""
+    name, _, variant = ref.partition(":")
+    if name not in RUNS:
+        return ref
+    return f"runs/{name}_variants/{variant}" if variant else f"runs/{name}"
+
+
+def live_dir(ref: str) -> str:
+    """The dvclive directory of a pretraining run name."""
+    name, _, variant = ref.partition(":")
+    return (
+        f"reports/dvclive/{name}_variants/{variant}" if variant else f"reports/dvclive/{RUNS[name]}"
+    )
+
+
+def run_name(stage: str, variant: str = "") -> str:
+    """The name of a pretraining stage's run (``pretrain_stage2``, ``no_shuffle`` ->
+    ``stage2:no_shuffle``)."""
+    base = {v: k for k, v in RUNS.items()}[stage]
+    return f"{base}:{variant}" if variant else base
+
+
+def dataset_key(dataset: str, subset: str) -> str:
+    """``scanobjectnn`` + ``pb_t50_rs`` -> ``scanobjectnn/pb_t50_rs``; ModelNet40 has none."""
+    if "/" in dataset or "scanobjectnn" not in dataset:
+        return dataset
+    return f"{dataset}/{subset}"
+
+
+# ---------------------------------------------------------------------------- reading
+
+
+class _Params:
+    """params.yaml, recording every dotted key that is read."""
+
+    def __init__(self, data: dict, path: Path):
+        self.data, self.path, self.read = data, path, []
+
+    def get(self, dotted: str, default=None):
+        self.read.append(dotted)
+        node = self.data
+        for key in dotted.split("."):
+            if not isinstance(node, dict) or key not in node:
+                return default
+            node = node[key]
+        return copy.deepcopy(node)
 
 
 def read_params(path: str | Path | None = None) -> dict:
@@ -304,109 +353,136 @@ def read_params(path: str | Path | None = None) -> dict:
     return params
 
 
-def _coerce(value, kind, where: str):
-    """Check ``value`` against the annotation ``kind``; lists become tuples."""
-    origin = typing.get_origin(kind)
-    if origin is tuple:
-        if not isinstance(value, list | tuple):
-            raise TypeError(f"{where}: expected a list, got {value!r}")
-        (item_kind, _ellipsis) = typing.get_args(kind)
-        return tuple(_coerce(v, item_kind, where) for v in value)
-    if origin in (typing.Union, types.UnionType):
-        if value is None and type(None) in typing.get_args(kind):
-            return None
-        kind = next(k for k in typing.get_args(kind) if k is not type(None))
-        return _coerce(value, kind, where)
-    if kind is dict:
-        if not isinstance(value, dict):
-            raise TypeError(f"{where}: expected a mapping, got {value!r}")
-        return dict(value)
-    if kind is bool:
-        if not isinstance(value, bool):
-            raise TypeError(f"{where}: expected True/False, got {value!r}")
-        return value
-    if kind is int:
-        if isinstance(value, bool) or not isinstance(value, int):
-            raise TypeError(f"{where}: expected an integer, got {value!r}")
-        return value
-    if kind is float:
-        if isinstance(value, bool) or not isinstance(value, int | float):
-            raise TypeError(f"{where}: expected a number (YAML floats need a dot), got {value!r}")
-        return float(value)
-    if kind is str:
-        if not isinstance(value, str):
-            raise TypeError(f"{where}: expected a string, got {value!r}")
-        return value
-    raise TypeError(f"{where}: unsupported field type {kind}")
+def merge(*parts: dict) -> dict:
+    """Deep merge of plain dicts, later parts winning; lists are replaced, not concatenated."""
+    return OmegaConf.to_container(OmegaConf.merge(*(OmegaConf.create(p) for p in parts)))
 
 
-def build(cls: type, section: dict, where: str):
-    """Instantiate the frozen dataclass ``cls`` from a plain dict, checking every field."""
-    hints = typing.get_type_hints(cls)
-    names = {f.name for f in dataclasses.fields(cls)}
-    unknown, missing = set(section) - names, names - set(section)
-    if unknown or missing:
-        raise KeyError(f"{where}: unknown keys {sorted(unknown)}, missing keys {sorted(missing)}")
-    return cls(**{k: _coerce(section[k], hints[k], f"{where}.{k}") for k in names})
+def _section(params: _Params, name: str, profile: str, smoke: bool, variant: str = "") -> dict:
+    """A section with its paper part (paper profile), a variant and its smoke part merged in."""
+    section = params.get(name) or {}
+    base = {k: v for k, v in section.items() if k not in ("paper", "smoke")}
+    parts = [base, (section.get("paper") or {}) if profile == "paper" else {}]
+    if variant:
+        known = (params.data.get("variants") or {}).get(name) or {}
+        if name not in RUNS.values() or variant not in known:
+            raise KeyError(
+                f"{params.path}:{name}: unknown variant {variant!r}; variants.{name} has "
+                f"{sorted(known)}"
+            )
+        overrides = params.get(f"variants.{name}.{variant}") or {}
+        parts.append({k: v for k, v in overrides.items() if k != "paper"})
+        parts.append((overrides.get("paper") or {}) if profile == "paper" else {})
+    parts.append((section.get("smoke") or {}) if smoke else {})
+    return merge(*parts)
+
+
+def _transfer(params, profile, smoke) -> dict:
+    """The ``transfer`` section with the per-family recipes merged: {model, data_manifest,
+    num_workers, recipes: {family: recipe}}."""
+    transfer = _section(params, "transfer", profile, smoke)
+    recipe = transfer.pop("recipe")
+    families = transfer.pop("datasets")
+    transfer["recipes"] = {family: merge(recipe, part) for family, part in families.items()}
+    return transfer
+
+
+def _derive_finetune(section: dict, transfer: dict) -> dict:
+    """The notebook's one cell (dataset, subset, checkpoint, protocol) as a grid."""
+    cell = {
+        "datasets": [dataset_key(section.pop("dataset"), section.pop("subset"))],
+        "checkpoints": [section.pop("checkpoint")],
+        "protocols": [section.pop("protocol")],
+        "table": "",
+    }
+    return {**section, **cell, **transfer}
+
+
+def _derive_fewshot(section: dict, transfer: dict) -> dict:
+    recipe = merge(transfer["recipes"]["modelnet40"], section.pop("recipe", None) or {})
+    return {**section, "recipe": recipe, "model": transfer["model"], **_keep(transfer)}
+
+
+def _keep(transfer: dict, keys=("data_manifest",)) -> dict:
+    return {k: transfer[k] for k in keys}
+
+
+_DERIVED = {  # stage -> (section, transfer) -> the dataclass's fields
+    "finetune": _derive_finetune,
+    "classification": lambda s, t: {**s, **t},
+    "ablations": lambda s, t: {**s, **t},
+    "fewshot": _derive_fewshot,
+    "tsne": lambda s, t: {
+        **{k: v for k, v in s.items() if k != "subset"},
+        "dataset": dataset_key(s["dataset"], s.get("subset", "")),
+        **{k: t[k] for k in ("model", "data_manifest", "recipes")},
+    },
+    "report": lambda s, t: {**s, "model": t["model"]},
+}
+
+
+def _load(params: _Params, stage: str, smoke, variant: str, overrides: dict):
+    where = f"{params.path}:{stage}"
+    if stage not in STAGES:
+        raise KeyError(f"unknown stage {stage!r}; known: {sorted(STAGES)}")
+    smoke = params.get("smoke", False) if smoke is None else smoke
+    if not isinstance(smoke, bool):
+        raise TypeError(f"smoke must be True or False, got {smoke!r}")
+    profile = params.get("profile", "embedded")
+    if profile not in PROFILES:
+        raise ValueError(f"{where}: profile must be one of {PROFILES}, got {profile!r}")
+    cls = STAGES[stage]
+    fields = {f.name for f in dataclasses.fields(cls)}
+    section = _section(params, stage, profile, smoke, variant)
+    if "seed" in fields:
+        section = {"seed": params.get("seed", 0), **section}  # the project-wide seed
+    if stage in RUNS.values():  # pretraining: the run's directories follow from its name
+        name = run_name(stage, variant)
+        section.update(out_dir=run_dir(name), live_dir=live_dir(name))
+    section = merge(section, {k: v for k, v in overrides.items() if v is not None})
+    if stage in _DERIVED:
+        section = _DERIVED[stage](section, _transfer(params, profile, smoke))
+    return validate(cls, section, where)
+
+
+def validate(cls: type, values: dict, where: str):
+    """The frozen dataclass ``cls`` from plain values; a ValueError names every bad key."""
+    try:
+        return TypeAdapter(cls).validate_python(values)
+    except ValidationError as err:
+        problems = [
+            f"{'.'.join(map(str, e['loc'])) or '(section)'}: {e['msg']}" for e in err.errors()
+        ]
+        raise ValueError(f"{where}: " + "; ".join(problems)) from None
 
 
 def load(
     stage: str, *, smoke: bool | None = None, variant: str = "", params_path=None, **overrides
 ):
-    """The config of ``stage``: its params.yaml section, + its ``paper`` part when the
-    top-level ``profile`` is ``paper``, + a named variant, + its ``smoke`` part, + overrides.
-
-    ``variant`` names an entry of ``variants.<stage>`` (overrides of the section, with its own
-    ``out_dir`` / ``live_dir``, see ``VARIANT_DIRS``). ``smoke=None`` takes the top-level
+    """The config of ``stage`` (see the module docstring). ``smoke=None`` takes the top-level
     ``smoke`` flag of params.yaml (how the DVC pipeline is shrunk for tests); overrides that
-    are None are ignored (unset notebook parameters).
-    """
-    if stage not in STAGES:
-        raise KeyError(f"unknown stage {stage!r}; known: {sorted(STAGES)}")
-    params = read_params(params_path)
-    smoke = params.get("smoke", False) if smoke is None else smoke
-    if not isinstance(smoke, bool):
-        raise TypeError(f"smoke must be True or False, got {smoke!r}")
-    where = f"{params_path or PARAMS_FILE}:{stage}"
-    profile = params.get("profile", "embedded")
-    if profile not in PROFILES:
-        raise ValueError(f"{where}: profile must be one of {PROFILES}, got {profile!r}")
-    section = dict(params.get(stage) or {})
-    smoke_part = section.pop("smoke", None) or {}
-    paper_part = section.pop("paper", None) or {}
-    if "seed" in {f.name for f in dataclasses.fields(STAGES[stage])}:
-        section = {"seed": params.get("seed", 0), **section}  # the project-wide seed
-    if profile == "paper":
-        section.update(paper_part)
-    if variant:
-        section.update(_variant(params, stage, variant, where, profile))
-    if smoke:
-        section.update(smoke_part)
-    section.update({k: v for k, v in overrides.items() if v is not None})
-    return build(STAGES[stage], section, where)
+    are None are ignored (unset notebook parameters)."""
+    path = Path(params_path) if params_path else PARAMS_FILE
+    return _load(_Params(read_params(path), path), stage, smoke, variant, overrides)
+
+
+def params_read(stage: str, *, variant: str = "", params_path=None) -> set[str]:
+    """Every params.yaml key ``load(stage, variant=...)`` reads, under both profiles and with
+    smoke on and off: what the DVC stage must declare."""
+    path = Path(params_path) if params_path else PARAMS_FILE
+    data = read_params(path)
+    keys = set()
+    for profile in PROFILES:
+        for smoke in (False, True):
+            params = _Params({**data, "profile": profile, "smoke": smoke}, path)
+            _load(params, stage, None, variant, {})
+            keys.update(params.read)
+    return keys
 
 
 def variant_names(stage: str, params_path=None) -> list[str]:
     """Names of the variants of ``stage`` in params.yaml (``variants.<stage>``)."""
     return list((read_params(params_path).get("variants") or {}).get(stage) or {})
-
-
-def _variant(params: dict, stage: str, name: str, where: str, profile: str) -> dict:
-    """The overrides of variant ``name`` (its ``paper`` part under the paper profile), with
-    its own output and metrics directories."""
-    known = (params.get("variants") or {}).get(stage) or {}
-    if stage not in VARIANT_DIRS or name not in known:
-        raise KeyError(f"{where}: unknown variant {name!r}; variants.{stage} has {sorted(known)}")
-    folder = VARIANT_DIRS[stage]
-    overrides = dict(known[name] or {})
-    paper_part = overrides.pop("paper", None) or {}
-    if profile == "paper":
-        overrides.update(paper_part)
-    return {
-        **overrides,
-        "out_dir": f"runs/{folder}/{name}",
-        "live_dir": f"reports/dvclive/{folder}/{name}",
-    }
 
 
 def describe(cfg) -> str:
@@ -427,3 +503,8 @@ def resolve(path: str | Path) -> Path:
     """Paths in params are relative to the project root, whatever the kernel's cwd."""
     path = Path(path)
     return path if path.is_absolute() else PROJECT_ROOT / path
+
+
+def resolve_run(ref: str) -> Path:
+    """The directory (or file) of a run name or path (``stage2:no_shuffle``, ``runs/x``)."""
+    return resolve(run_dir(ref))

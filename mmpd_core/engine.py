@@ -37,13 +37,13 @@ Checkpoints and ``out_dir`` must be on a file system every rank reads; only rank
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import io
 import math
 import random
 import sys
 import time
-from contextlib import nullcontext
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -54,7 +54,6 @@ from dvclive import Live
 from torch import nn
 from torch.nn.parallel import DistributedDataParallel
 from torch.utils.data import DataLoader, DistributedSampler
-from tqdm.auto import tqdm
 
 from mmpd_core.checkpoint import atomic_write_bytes, load_checkpoint, save_checkpoint, unwrap
 from mmpd_core.distributed import (
@@ -65,7 +64,7 @@ from mmpd_core.distributed import (
     setup_distributed,
     world_info,
 )
-from mmpd_core.profiling import autocast_context
+from mmpd_core.tracking import progress
 
 AMP_DTYPES = {"none": None, "bf16": torch.bfloat16}
 # No weight decay for parameters whose own name (the last dotted part) contains one of these:
@@ -215,6 +214,13 @@ def build_loader(dataset, cfg: TrainConfig, world: WorldInfo, collate_fn=None) -
     )
 
 
+def autocast_context(device: torch.device | str, dtype: torch.dtype | None):
+    """bf16/fp16 autocast on ``device`` when ``dtype`` is given, else a no-op context."""
+    if dtype is None or dtype == torch.float32:
+        return contextlib.nullcontext()
+    return torch.autocast(device_type=torch.device(device).type, dtype=dtype)
+
+
 def to_device(batch, device: torch.device):
     """Move every tensor of a (nested) dict / list / tuple batch; other values pass through."""
     if isinstance(batch, torch.Tensor):
@@ -270,10 +276,13 @@ def latest_checkpoint(out_dir: str | Path) -> tuple[Path, Path] | None:
 
 
 def remove_checkpoints(out_dir: str | Path, keep: int | None = None) -> None:
-    """Delete the ``epoch-*`` checkpoint files in ``out_dir`` (all but epoch ``keep``)."""
+    """Delete the ``epoch-*`` checkpoint files in ``out_dir`` (all but epoch ``keep``), and
+    ``out_dir`` itself when that leaves it empty."""
     for path in Path(out_dir).glob("epoch-[0-9]*"):
         if _epoch_of(path) != keep:
             path.unlink(missing_ok=True)
+    if keep is None and Path(out_dir).is_dir() and not any(Path(out_dir).iterdir()):
+        Path(out_dir).rmdir()
 
 
 def _save(run: _Run, cfg: TrainConfig, ckpt_config: dict) -> Path:
@@ -319,8 +328,12 @@ def _restore(paths: tuple[Path, Path], run: _Run, cfg: TrainConfig) -> list[dict
 
 
 def _default_checkpoint_config(module: nn.Module) -> dict:
+    """An encoder's architecture and config (``models.encoder_config``), else its config."""
     config = getattr(module, "config", None)
-    return config.to_dict() if hasattr(config, "to_dict") else {}
+    if not hasattr(config, "to_dict"):
+        return {}
+    arch = getattr(module, "arch", "")
+    return {"arch": arch, **config.to_dict()} if arch else config.to_dict()
 
 
 def peak_memory_mb(device: torch.device) -> float:
@@ -448,7 +461,7 @@ def _run_epoch(run: _Run, step_fn, cfg: TrainConfig, epoch: int) -> dict:
     optimizer.zero_grad(set_to_none=True)
     sums, count, norms = {}, 0, []
     batches = iter(run.loader)
-    bar = tqdm(total=run.steps, desc=f"epoch {epoch}", leave=False, disable=not world.is_main)
+    bar = progress(total=run.steps, desc=f"epoch {epoch}", leave=False, disable=not world.is_main)
     for step in range(run.steps):
         finite = True
         for micro in range(accum):
@@ -456,7 +469,7 @@ def _run_epoch(run: _Run, step_fn, cfg: TrainConfig, epoch: int) -> dict:
             seed = derive_seed(cfg.seed, _STEP_SEED, epoch, step * accum + micro, world.rank)
             generator = torch.Generator().manual_seed(seed)
             skip_sync = world.distributed and micro < accum - 1
-            with model.no_sync() if skip_sync else nullcontext():
+            with model.no_sync() if skip_sync else contextlib.nullcontext():
                 with autocast_context(run.device, AMP_DTYPES[cfg.amp]):
                     loss, metrics = step_fn(model, batch, generator)
                 (loss / accum).backward()

@@ -94,7 +94,7 @@ class TransformerStack(nn.Module):
         drop_path_rate: float = 0.0,
     ):
         super().__init__()
-        rates = torch.linspace(0, drop_path_rate, depth).tolist() if depth else []
+        rates = torch.linspace(0, drop_path_rate, depth, device="cpu").tolist() if depth else []
         self.blocks = nn.ModuleList(Block(dim, num_heads, mlp_ratio, rate) for rate in rates)
         self.norm = nn.LayerNorm(dim)
 
@@ -102,6 +102,18 @@ class TransformerStack(nn.Module):
         for block in self.blocks:
             x = block(x if pos is None else x + pos)
         return self.norm(x)
+
+    def forward_layers(
+        self, x: torch.Tensor, pos: torch.Tensor | None, layers: tuple[int, ...]
+    ) -> tuple[torch.Tensor, list[torch.Tensor]]:
+        """``forward`` plus the outputs of the blocks numbered ``layers`` (0-based), each
+        through the final norm (Point-MAE's segmentation features)."""
+        picked = []
+        for index, block in enumerate(self.blocks):
+            x = block(x if pos is None else x + pos)
+            if index in layers:
+                picked.append(self.norm(x))
+        return self.norm(x), picked
 
 
 class PatchTokenizer(nn.Module):
@@ -133,3 +145,14 @@ class PatchTokenizer(nn.Module):
         hidden = self.second_conv[2](self.second_conv[1](hidden.view(-1, 512)))  # (BGK, 512)
         tokens = self.second_conv[3](hidden).view(batch * groups, k, -1).amax(dim=1)  # (BG, C)
         return tokens.view(batch, groups, -1)  # (B, G, C)
+
+
+def init_weights(module: nn.Module) -> None:
+    """trunc-normal(0.02) Linear weights, zero biases, unit norms (upstream initialisation)."""
+    if isinstance(module, nn.Linear):
+        nn.init.trunc_normal_(module.weight, std=0.02)
+        if module.bias is not None:
+            nn.init.zeros_(module.bias)
+    elif isinstance(module, nn.LayerNorm | nn.BatchNorm1d):
+        nn.init.ones_(module.weight)
+        nn.init.zeros_(module.bias)

@@ -3,7 +3,8 @@
 - Eq. (1)-(2): symmetric InfoNCE between point and teacher embeddings (``symmetric_infonce``),
   shaped like open_clip's ``ClipLoss``, with a learnable, clamped CLIP logit scale.
 - Eq. (3): the Stage-1 sum over the text teacher and every image teacher (``stage1_loss``).
-- Eq. (4)-(5): negative-cosine distillation of tokens and of the global embedding.
+- Eq. (4)-(5): negative-cosine distillation of tokens and of the global embedding; Eq. (6):
+  the Stage-2 objective, their sum (``stage2_loss``).
 - Point-MAE's masked patch reconstruction (Chamfer-L2), the "point clouds" target of Table 7.
 
 All reductions are means (over samples, or over every token of every sample), so loss values
@@ -99,6 +100,15 @@ def global_distillation_loss(
 ) -> torch.Tensor:
     """Eq. (5): negative cosine between the global decoder output and the teacher's (B, D)."""
     return negative_cosine(pred_global, teacher_global)
+
+
+def stage2_loss(terms: Mapping[str, torch.Tensor]) -> torch.Tensor:
+    """Eq. (6): L = L_local (Eq. 4) + L_global (Eq. 5), the sum of the terms a configuration
+    trains (an ablation drops one; Point-MAE's point loss may stand in for Eq. 4; joint
+    training adds the Stage-1 alignment of Eq. 3)."""
+    if not terms:
+        raise ValueError("Eq. (6) needs at least one loss term")
+    return torch.stack(list(terms.values())).sum()
 
 
 def masked_point_loss(

@@ -2,26 +2,23 @@
 
 from __future__ import annotations
 
-import contextlib
 import time
 
+import pandas as pd
 import torch
 import torch.nn.functional as F
 from torch import nn
 from torch.utils.flop_counter import FlopCounterMode
 
+from mmpd_core.config import ModelsStage
+from mmpd_core.engine import autocast_context
 from mmpd_core.models import create_model
+from mmpd_core.tables import write_table
+from mmpd_core.tracking import log_rows, machine, progress
 
 
 def count_parameters(model: nn.Module) -> int:
     return sum(p.numel() for p in model.parameters())
-
-
-def autocast_context(device: torch.device | str, dtype: torch.dtype | None):
-    """bf16/fp16 autocast on ``device`` when ``dtype`` is given, else a no-op context."""
-    if dtype is None or dtype == torch.float32:
-        return contextlib.nullcontext()
-    return torch.autocast(device_type=torch.device(device).type, dtype=dtype)
 
 
 def classification_step(
@@ -65,10 +62,10 @@ def time_steps(step, *, warmup: int = 1, repeats: int = 3) -> list[float]:
     return times
 
 
-def profile_variant(
+def profile_model(
     name: str, *, batch_size: int, num_points: int, num_classes: int, repeats: int, seed: int
 ) -> dict[str, float | str]:
-    """Parameters, FLOPs and fp32 / bf16-autocast training-step time of one variant (CPU)."""
+    """Parameters, FLOPs and fp32 / bf16-autocast training-step time of one model (CPU)."""
     torch.manual_seed(seed)
     model = create_model(name, num_classes=num_classes).train()
     gen = torch.Generator().manual_seed(seed)
@@ -77,7 +74,7 @@ def profile_variant(
     optimizer = torch.optim.AdamW(model.parameters(), lr=5e-4, weight_decay=0.05)
     flops = training_step_flops(model, points, labels)
     row: dict[str, float | str] = {
-        "variant": name,
+        "model": name,
         "params_M": count_parameters(model) / 1e6,
         "step_GFLOP": flops / 1e9,
     }
@@ -93,20 +90,22 @@ def profile_variant(
     return row
 
 
-def profile_variants(variants, **kwargs):
-    """``profile_variant`` for each name, with a progress bar; a pandas DataFrame."""
-    import pandas as pd
-    from tqdm.auto import tqdm
-
-    return pd.DataFrame(
-        [profile_variant(name, **kwargs) for name in tqdm(variants, desc="variants")]
+def run_stage(cfg: ModelsStage) -> pd.DataFrame:
+    """The ``models`` stage: ``profile_model`` for every name (a progress bar), written to
+    ``<out_dir>/tables/models.{md,csv}`` and logged to dvclive."""
+    results = pd.DataFrame(
+        [
+            profile_model(
+                name, batch_size=cfg.batch_size, num_points=cfg.num_points,
+                num_classes=cfg.num_classes, repeats=cfg.repeats, seed=cfg.seed,
+            )
+            for name in progress(cfg.models, desc="models")
+        ]
+    )  # fmt: skip
+    caption = (
+        f"Backbone cost, batch {cfg.batch_size} x {cfg.num_points} points, measured on "
+        f"{machine()} (step = forward + backward + AdamW; best of {cfg.repeats})."
     )
-
-
-def machine() -> str:
-    """A short description of where this ran, for table captions."""
-    import platform
-
-    if torch.cuda.is_available():
-        return f"{torch.cuda.get_device_name()} (CUDA {torch.version.cuda})"
-    return f"{platform.machine()} CPU, {torch.get_num_threads()} threads"
+    write_table(results, f"{cfg.out_dir}/tables/models", caption=caption)
+    log_rows("models", results, key="model")
+    return results

@@ -14,14 +14,15 @@ from pathlib import Path
 
 import pandas as pd
 
-from mmpd_core.config import read_params, resolve
-from mmpd_core.profiling import machine
+from mmpd_core.config import ReportStage, live_dir, read_params, resolve, run_dir
+from mmpd_core.models import create_model
 from mmpd_core.tables import write_table
+from mmpd_core.tracking import machine
 
-# Encoders by checkpoint name (finetune.checkpoint_name).
+# Encoders by run name (params.yaml and the result files name runs, config.run_dir).
 LABELS = {
     "scratch": "scratch (no pretraining)",
-    "stage2_variants/point_mae": "Point-MAE baseline",
+    "stage2:point_mae": "Point-MAE baseline",
     "stage1": "Stage-1 only",
     "stage2": "Ours (Stage-1 + Stage-2)",
 }
@@ -53,27 +54,34 @@ PAPER_TABLE3 = {  # protocol -> method -> OBJ_BG, OBJ_ONLY, PB_T50_RS, MN40, MN4
 # Table 4: (global distillation, token shuffle, local distillation) -> paper MN40, OBJ_BG.
 TABLE4_ROWS = {
     "stage2": ("✓", "✓", "✓", "94.3", "96.1"),
-    "stage2_variants/no_global": ("✗", "✓", "✓", "94.1", "95.8"),
-    "stage2_variants/no_shuffle": ("✓", "✗", "✓", "93.9", "95.7"),
-    "stage2_variants/local_only": ("✗", "✗", "✓", "93.6", "95.5"),
-    "stage2_variants/global_only": ("✓", "✗", "✗", "-", "-"),
+    "stage2:no_global": ("✗", "✓", "✓", "94.1", "95.8"),
+    "stage2:no_shuffle": ("✓", "✗", "✓", "93.9", "95.7"),
+    "stage2:local_only": ("✗", "✗", "✓", "93.6", "95.5"),
+    "stage2:global_only": ("✓", "✗", "✗", "-", "-"),
     "stage1": ("✗", "✗", "✗", "93.7", "95.0"),
 }
 TABLE7_ROWS = {
-    "stage2_variants/point_targets": ("Point clouds", "93.5"),
+    "stage2:point_targets": ("Point clouds", "93.5"),
     "stage2": ("Features", "94.0"),
 }
 TABLE8_ROWS = {  # paper MN40, ScanObjectNN (PB_T50_RS, as Table 3's "Ours" 90.1 shows)
-    "stage2_variants/joint": ("Joint training (single stage)", "92.2", "82.78"),
-    "stage1_variants/after_point_mae": ("Stage-2 -> Stage-1 (reversed order)", "93.6", "87.1"),
-    "stage2_variants/random_init": ("Stage-2 (random init)", "93.7", "88.2"),
+    "stage2:joint": ("Joint training (single stage)", "92.2", "82.78"),
+    "stage1:after_point_mae": ("Stage-2 -> Stage-1 (reversed order)", "93.6", "87.1"),
+    "stage2:random_init": ("Stage-2 (random init)", "93.7", "88.2"),
     "stage2": ("Ours (Point-MAE)", "94.0", "90.1"),
 }
 TABLE11_ROWS = {  # Stage-1 teachers -> (Stage-1 run, Stage-2 run)
-    "text + image (CLIP-like pair)": ("stage1_variants/clip_like", "stage2_variants/clip_like"),
-    "one image teacher (DINOv2-like)": ("stage1_variants/dino_like", "stage2_variants/dino_like"),
+    "text + image (CLIP-like pair)": ("stage1:clip_like", "stage2:clip_like"),
+    "one image teacher (DINOv2-like)": ("stage1:dino_like", "stage2:dino_like"),
     "all teachers": ("stage1", "stage2"),
 }
+
+
+def shown(run: str) -> str:
+    """How a run is named in a table's ``run`` column: its directory under ``runs/``."""
+    return run_dir(run).removeprefix("runs/")
+
+
 PAPER_TABLE5 = {  # GPU hours on one A100: Stage-1, Stage-2, total, fine-tune; ScanObjectNN
     "Point-MAE": ("-", "15.2h", "15.2h", "9h", "85.2"),
     "Ours (Point-MAE)": ("24h", "30h", "54h", "9h", "90.1"),
@@ -91,8 +99,8 @@ def accuracies(frame: pd.DataFrame, protocol: str, key: str = "acc") -> dict:
     """{(checkpoint, column): 'mean ± std'} of one protocol of a results grid."""
     out = {}
     for _, row in frame[frame["protocol"] == protocol].iterrows():
-        variant = row["variant"] if isinstance(row["variant"], str) else ""
-        column = DATASET_COLUMNS[(_family(row["dataset"]), variant)]
+        subset = row["subset"] if isinstance(row["subset"], str) else ""
+        column = DATASET_COLUMNS[(_family(row["dataset"]), subset)]
         n = int(row.get("n_seeds", 2)) if pd.notna(row.get("n_seeds", 2)) else 2
         out[(row["checkpoint"], column)] = cell(row.get(f"{key}_mean"), row.get(f"{key}_std"), n)
     return out
@@ -157,7 +165,7 @@ def table4(ablations: pd.DataFrame, protocol: str) -> pd.DataFrame:
                 "OBJ_BG": acc.get((checkpoint, "OBJ_BG"), "-"),
                 "paper MN40": p_mn,
                 "paper OBJ_BG": p_bg,
-                "run": checkpoint,
+                "run": shown(checkpoint),
             }
         )
     return pd.DataFrame(rows)
@@ -171,7 +179,7 @@ def table7(ablations: pd.DataFrame, protocol: str) -> pd.DataFrame:
                 "target": target,
                 "MN40": acc.get((ckpt, "MN40"), "-"),
                 "paper MN40 (Point-MAE)": paper,
-                "run": ckpt,
+                "run": shown(ckpt),
             }
             for ckpt, (target, paper) in TABLE7_ROWS.items()
         ]
@@ -188,7 +196,7 @@ def table8(ablations: pd.DataFrame, protocol: str) -> pd.DataFrame:
                 "PB_T50_RS": acc.get((ckpt, "PB_T50_RS"), "-"),
                 "paper MN40": p_mn,
                 "paper ScanObjectNN": p_scan,
-                "run": ckpt,
+                "run": shown(ckpt),
             }
             for ckpt, (name, p_mn, p_scan) in TABLE8_ROWS.items()
         ]
@@ -206,7 +214,7 @@ def table11(ablations: pd.DataFrame, protocol: str) -> pd.DataFrame:
                 "Stage-1 OBJ_BG": acc.get((stage1, "OBJ_BG"), "-"),
                 "Stage-2 MN40": acc.get((stage2, "MN40"), "-"),
                 "Stage-2 OBJ_BG": acc.get((stage2, "OBJ_BG"), "-"),
-                "runs": f"{stage1}, {stage2}",
+                "runs": f"{shown(stage1)}, {shown(stage2)}",
             }
         )
     return pd.DataFrame(rows)
@@ -225,8 +233,12 @@ def table5(costs: dict, grid: pd.DataFrame, params_m: float) -> pd.DataFrame:
     """Measured wall time, steps/s and peak memory per pretraining stage, next to the paper's
     A100 GPU hours; fine-tuning time is the full-protocol MN40 run of each encoder."""
 
+    def cost_key(run):  # a run's dvclive directory under reports/dvclive
+        return live_dir(run).removeprefix("reports/dvclive/")
+
     def minutes(run):
-        return costs[run]["wall_time_s"] / 60 if run in costs else float("nan")
+        key = cost_key(run)
+        return costs[key]["wall_time_s"] / 60 if key in costs else float("nan")
 
     def finetune_min(checkpoint):
         rows = grid[
@@ -242,10 +254,11 @@ def table5(costs: dict, grid: pd.DataFrame, params_m: float) -> pd.DataFrame:
 
     scan = accuracies(grid, "full")
     rows = []
-    for method, stage1, stage2, checkpoint in (
-        ("Point-MAE baseline", None, "stage2_variants/point_mae", "stage2_variants/point_mae"),
-        ("Ours (Stage-1 + Stage-2)", "pretrain_stage1", "pretrain_stage2", "stage2"),
+    for method, stage1, stage2 in (
+        ("Point-MAE baseline", None, "stage2:point_mae"),
+        ("Ours (Stage-1 + Stage-2)", "stage1", "stage2"),
     ):
+        checkpoint = stage2
         s1 = minutes(stage1) if stage1 else 0.0
         s2 = minutes(stage2)
         rows.append(
@@ -256,8 +269,8 @@ def table5(costs: dict, grid: pd.DataFrame, params_m: float) -> pd.DataFrame:
                 "Stage-2 (min)": round(s2, 2),
                 "total pretrain (min)": round(s1 + s2, 2),
                 "fine-tune MN40 (min)": round(finetune_min(checkpoint), 2),
-                "Stage-2 steps/s": costs.get(stage2, {}).get("steps_per_s", "-"),
-                "peak memory (MB)": costs.get(stage2, {}).get("peak_memory_mb", "-"),
+                "Stage-2 steps/s": costs.get(cost_key(stage2), {}).get("steps_per_s", "-"),
+                "peak memory (MB)": costs.get(cost_key(stage2), {}).get("peak_memory_mb", "-"),
                 "PB_T50_RS (full)": scan.get((checkpoint, "PB_T50_RS"), "-"),
                 "paper GPU h (S1 / S2 / total / FT)": " / ".join(
                     PAPER_TABLE5[_paper_name(method)][:4]
@@ -367,3 +380,32 @@ def context(smoke: bool | None = None, params_path=None) -> str:
     profile = params.get("profile", "embedded")
     name = "embedded default (procedural stand-ins)" if profile == "embedded" else "paper profile"
     return f"Profile: {name}{' at smoke size' if smoke else ''}; machine: {machine()}"
+
+
+def run_stage(cfg: ReportStage, smoke: bool | None = None) -> dict[str, pd.DataFrame]:
+    """The ``report`` stage: every table from the result files of the evaluation stages and
+    the cost of every training run (``build_all``)."""
+    return build_all(
+        cfg.out_dir,
+        grid=pd.read_csv(resolve(cfg.classification)),
+        ablations=pd.read_csv(resolve(cfg.ablations)),
+        fewshot=json.loads(resolve(cfg.fewshot).read_text()),
+        costs=read_costs(),
+        params_m=sum(p.numel() for p in create_model(cfg.model).parameters()) / 1e6,
+        ablation_protocol=cfg.ablation_protocol,
+        context=context(smoke),
+    )
+
+
+def summary(root: str | Path = "reports") -> str:
+    """Where a pipeline run left its results (printed at the end of ``make repro``)."""
+    root = resolve(root)
+    lines = ["", "Results (this run, beside the paper's numbers):", f"  index    {root}/README.md"]
+    for stem, (paper, what) in TABLES.items():
+        path = root / "tables" / f"{stem}.md"
+        if path.is_file():
+            lines.append(f"  {paper:<8} {path.relative_to(root.parent)}  ({what})")
+    for figure in sorted((root / "figures").glob("*.png")):
+        lines.append(f"  figure   {figure.relative_to(root.parent)}")
+    lines.append("  metrics  `dvc metrics show`; training curves `dvc plots show`")
+    return "\n".join(lines)

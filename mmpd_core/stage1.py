@@ -9,7 +9,6 @@ learnable temperature. Targets come from the teacher cache (or online teachers).
 from __future__ import annotations
 
 import json
-from pathlib import Path
 
 import torch
 import torch.distributed as dist
@@ -19,12 +18,19 @@ from torch import nn
 
 from mmpd_core import engine
 from mmpd_core.checkpoint import load_checkpoint, save_checkpoint
-from mmpd_core.config import Stage1Stage, resolve
+from mmpd_core.config import Stage1Stage, resolve, resolve_run
 from mmpd_core.data.datasets import ShapeNet55Dataset
 from mmpd_core.distributed import is_main_process
 from mmpd_core.losses import LogitScale, stage1_loss
-from mmpd_core.models import ModelConfig, PointTransformer, create_model, load_encoder, save_encoder
-from mmpd_core.teacher_cache import TargetSource, TeacherCache
+from mmpd_core.models import (
+    Backbone,
+    build_encoder,
+    create_model,
+    encoder_config,
+    load_encoder,
+    save_encoder,
+)
+from mmpd_core.teachers.cache import TargetSource, TeacherCache
 from mmpd_core.tracking import write_cost
 
 FINAL = "stage1.safetensors"
@@ -33,16 +39,16 @@ FINAL = "stage1.safetensors"
 class Stage1Model(nn.Module):
     """Point encoder + teacher-specific projection heads + per-teacher temperatures."""
 
-    def __init__(self, encoder: PointTransformer, teacher_dims: dict[str, int]):
+    def __init__(self, encoder: Backbone, teacher_dims: dict[str, int]):
         super().__init__()
         self.encoder = encoder
-        width = 2 * encoder.config.trans_dim
+        width = encoder.global_dim
         self.heads = nn.ModuleDict({n: nn.Linear(width, d) for n, d in teacher_dims.items()})
         self.logit_scales = nn.ModuleDict({n: LogitScale() for n in teacher_dims})
 
     def forward(self, points: torch.Tensor) -> dict[str, torch.Tensor]:
         """3D embeddings (B, D_t) in each teacher's space."""
-        feature = self.encoder.forward_features(points)["global"]  # (B, 2C)
+        feature = self.encoder.forward_features(points)["global"]  # (B, global_dim)
         return {name: head(feature) for name, head in self.heads.items()}
 
     def scales(self) -> dict[str, torch.Tensor]:
@@ -137,10 +143,10 @@ def run_stage(cfg: Stage1Stage, *, resume: bool = False) -> engine.TrainResult:
     train_set = ShapeNet55Dataset(root, "train", cfg.num_points, seed=cfg.seed)
     test_set = ShapeNet55Dataset(root, "test", cfg.num_points, seed=cfg.seed)
     torch.manual_seed(cfg.seed)
-    encoder = load_encoder(resolve(cfg.init)) if cfg.init else create_model(cfg.model)
+    encoder = load_encoder(resolve_run(cfg.init)) if cfg.init else create_model(cfg.model)
     model = Stage1Model(encoder, {n: targets.dims[n] for n in cfg.teachers})
     test_loader = torch.utils.data.DataLoader(test_set, batch_size=64)
-    ckpt_config = {"model": model.encoder.config.to_dict(), "teachers": specs}
+    ckpt_config = {"model": encoder_config(model.encoder), "teachers": specs}
     result = engine.train(
         model,
         Stage1Step(targets),
@@ -155,14 +161,17 @@ def run_stage(cfg: Stage1Stage, *, resume: bool = False) -> engine.TrainResult:
         save_checkpoint(out_dir / FINAL, model, config=ckpt_config, extra={"final": result.final})
         save_encoder(out_dir, model.encoder, extra={"stage": "pretrain_stage1", "init": cfg.init})
         write_cost(resolve(cfg.live_dir), result)
+        engine.remove_checkpoints(train_config(cfg).out_dir)  # finished: the final files stay
     return result
 
 
-def load_stage1(out_dir) -> tuple[Stage1Model, dict]:
-    """The final Stage-1 model of a run directory and its config (encoder + teacher specs)."""
-    tensors, meta = load_checkpoint(Path(resolve(out_dir)) / FINAL)
+def load_stage1(run: str) -> tuple[Stage1Model, dict]:
+    """The final Stage-1 model of a run (name or directory) and its config (encoder + teacher
+    specs)."""
+    path = resolve_run(run) / FINAL
+    tensors, meta = load_checkpoint(path)
     config = meta["config"]
-    encoder = PointTransformer(ModelConfig(**config["model"]))
+    encoder = build_encoder(config["model"], str(path))
     dims = {n: tensors[f"heads.{n}.weight"].shape[0] for n in config["teachers"]}
     model = Stage1Model(encoder, dims)
     model.load_state_dict(tensors, strict=True)

@@ -32,26 +32,28 @@ from torch import nn
 
 from mmpd_core import engine
 from mmpd_core.checkpoint import unwrap
-from mmpd_core.config import Stage2Stage, resolve
+from mmpd_core.config import Stage2Stage, resolve, resolve_run
 from mmpd_core.data.datasets import ShapeNet55Dataset
 from mmpd_core.distributed import is_main_process
-from mmpd_core.layers import Mlp, TransformerStack, position_mlp
+from mmpd_core.layers import Mlp, TransformerStack, init_weights, position_mlp
 from mmpd_core.losses import (
     LogitScale,
     global_distillation_loss,
     local_distillation_loss,
     masked_point_loss,
+    stage2_loss,
 )
 from mmpd_core.models import (
-    PointTransformer,
+    Backbone,
+    Patches,
     create_model,
-    init_weights,
+    encoder_config,
     load_encoder,
     save_encoder,
 )
-from mmpd_core.shuffle import Masking, gather_tokens, random_masking, random_permutation
+from mmpd_core.shuffle import Masking, gather_tokens, random_permutation
 from mmpd_core.stage1 import Stage1Step
-from mmpd_core.teacher_cache import TargetSource, TeacherCache
+from mmpd_core.teachers.cache import TargetSource, TeacherCache
 from mmpd_core.tracking import write_cost
 
 
@@ -83,20 +85,28 @@ class LocalDecoder(nn.Module):
 
 
 class GlobalDecoder(nn.Module):
-    """Eq. (5) decoder: encoder outputs [cls, visible] (no shuffle, no positions) -> (B, out)."""
+    """Eq. (5) decoder: the student's outputs [cls, visible] (no shuffle, no positions) through
+    a transformer or a token-wise MLP, pooled like the teacher's global feature (the
+    backbone's ``pool``), then a linear head to the teacher's global feature (B, out)."""
 
-    def __init__(self, dim: int, out_dim: int, kind: str, depth: int, num_heads: int):
+    def __init__(self, dim: int, out_dim: int, kind: str, depth: int, num_heads: int, pool):
         super().__init__()
         if kind == "transformer":
             self.body = TransformerStack(dim, depth, num_heads)
         else:  # a token-wise MLP
             self.body = nn.Sequential(nn.LayerNorm(dim), Mlp(dim, 4 * dim))
-        self.head = nn.Linear(2 * dim, out_dim)
+        self.head = nn.Linear(out_dim, out_dim)
+        self.pool = pool
         self.apply(init_weights)
 
-    def forward(self, encoded: torch.Tensor) -> torch.Tensor:
-        x = self.body(encoded)  # (B, 1+V, D)
-        return self.head(torch.cat([x[:, 0], x[:, 1:].amax(dim=1)], dim=-1))  # (B, out)
+    def forward(self, encoded: dict) -> torch.Tensor:
+        """``encoded``: the backbone's ``forward_visible`` output (tokens, cls or None)."""
+        cls, tokens = encoded["cls"], encoded["tokens"]
+        x = tokens if cls is None else torch.cat([cls[:, None], tokens], dim=1)  # (B, 1+V, D)
+        x = self.body(x)
+        if cls is None:
+            return self.head(self.pool(x, None))
+        return self.head(self.pool(x[:, 1:], x[:, 0]))  # (B, out)
 
 
 class Stage2Model(nn.Module):
@@ -104,7 +114,7 @@ class Stage2Model(nn.Module):
 
     def __init__(
         self,
-        encoder: PointTransformer,
+        encoder: Backbone,
         *,
         local_target: str,
         global_distill: bool,
@@ -117,43 +127,34 @@ class Stage2Model(nn.Module):
         super().__init__()
         self.encoder = encoder
         self.local_target = local_target
-        dim, k = encoder.config.trans_dim, encoder.config.group_size
+        dim, width = encoder.dim, encoder.global_dim
         self.local = None
         if local_target != "none":
-            out_dim = dim if local_target == "features" else 3 * k
+            out_dim = dim if local_target == "features" else 3 * encoder.patch_points
             self.local = LocalDecoder(dim, out_dim, decoder_depth, decoder_heads)
         self.global_decoder = None
         if global_distill:
             self.global_decoder = GlobalDecoder(
-                dim, 2 * dim, global_decoder, global_decoder_depth, decoder_heads
+                dim, width, global_decoder, global_decoder_depth, decoder_heads, type(encoder).pool
             )
         self.heads = self.logit_scales = None
         if teacher_dims:
-            self.heads = nn.ModuleDict({n: nn.Linear(2 * dim, d) for n, d in teacher_dims.items()})
+            self.heads = nn.ModuleDict({n: nn.Linear(width, d) for n, d in teacher_dims.items()})
             self.logit_scales = nn.ModuleDict({n: LogitScale() for n in teacher_dims})
 
-    def forward_encoder(
-        self, neighborhood: torch.Tensor, centers: torch.Tensor, masking: Masking
-    ) -> torch.Tensor:
-        """The student on [cls, visible patches]: (B, 1+V, D); masked patches never enter."""
-        batch, groups, k, _ = neighborhood.shape
-        flat = neighborhood.reshape(batch, groups, k * 3)  # (B, G, 3K)
-        visible = gather_tokens(flat, masking.keep_idx).reshape(batch, -1, k, 3)  # (B, V, K, 3)
-        vis_centers = gather_tokens(centers, masking.keep_idx)  # (B, V, 3)
-        return self.encoder.forward_encoder(self.encoder.tokenizer(visible), vis_centers)
-
-    def forward(self, neighborhood, centers, masking: Masking, perm: torch.Tensor) -> dict:
-        """Predictions: ``local`` (B, G, out) with its ``slots``, ``global`` (B, 2D), and for
-        joint training ``full`` (the encoder on the whole cloud) and ``embeddings``."""
-        encoded = self.forward_encoder(neighborhood, centers, masking)
+    def forward(self, patches: Patches, masking: Masking, perm: torch.Tensor) -> dict:
+        """Predictions: ``local`` (B, G, out) with its ``slots``, ``global`` (B, global_dim),
+        and for joint training ``full`` (the encoder on the whole cloud) and ``embeddings``.
+        The student sees the visible patches only (``forward_visible``)."""
+        encoded = self.encoder.forward_visible(patches, masking)
         out = {}
         if self.local is not None:
-            out["slots"] = self.local.decoder_input(encoded[:, 1:], masking, perm)
-            out["local"] = self.local(out["slots"], centers)
+            out["slots"] = self.local.decoder_input(encoded["tokens"], masking, perm)
+            out["local"] = self.local(out["slots"], patches.centers)
         if self.global_decoder is not None:
             out["global"] = self.global_decoder(encoded)
         if self.heads is not None:
-            out["full"] = self.encoder.forward_patches(neighborhood, centers)
+            out["full"] = self.encoder.forward_patches(patches)
             out["embeddings"] = {n: h(out["full"]["global"]) for n, h in self.heads.items()}
         return out
 
@@ -180,7 +181,7 @@ class Stage2Step:
 
     def __init__(
         self,
-        teacher: PointTransformer | None,
+        teacher: Backbone | None,
         *,
         mask_ratio: float,
         shuffle: bool,
@@ -190,25 +191,28 @@ class Stage2Step:
         self.mask_ratio, self.shuffle, self.align = mask_ratio, shuffle, align
 
     @torch.no_grad()
-    def teacher_targets(self, neighborhood, centers) -> dict[str, torch.Tensor]:
-        """The frozen teacher on the full cloud: tokens (B, G, D), global (B, 2D)."""
-        self.teacher.to(neighborhood.device).eval()
-        return self.teacher.forward_patches(neighborhood, centers)
+    def teacher_targets(self, patches: Patches) -> dict[str, torch.Tensor]:
+        """The frozen teacher on the full cloud: tokens (B, G, D), global (B, global_dim)."""
+        self.teacher.to(patches.centers.device).eval()
+        return self.teacher.forward_patches(patches)
 
-    def draw(self, batch: int, groups: int, generator, device) -> tuple[Masking, torch.Tensor]:
-        """The masking and the content permutation of one batch (identity without shuffle)."""
-        masking = random_masking(batch, groups, self.mask_ratio, generator=generator, device=device)
+    def draw(self, encoder: Backbone, patches: Patches, generator) -> tuple[Masking, torch.Tensor]:
+        """The backbone's masking and the content permutation of one batch (identity without
+        shuffle)."""
+        masking = encoder.random_masking(patches, self.mask_ratio, generator)
+        batch, groups = patches.centers.shape[:2]
+        device = patches.centers.device
         if self.shuffle:
             return masking, random_permutation(batch, groups, generator=generator, device=device)
         return masking, torch.arange(groups, device=device).expand(batch, groups)
 
     def __call__(self, model, batch, generator):
         module = unwrap(model)
-        neighborhood, centers = module.encoder.group(batch["points"])
-        masking, perm = self.draw(*centers.shape[:2], generator, centers.device)
-        out = model(neighborhood, centers, masking, perm)
+        patches = module.encoder.group(batch["points"])
+        masking, perm = self.draw(module.encoder, patches, generator)
+        out = model(patches, masking, perm)
         if self.teacher is not None:
-            targets = self.teacher_targets(neighborhood, centers)
+            targets = self.teacher_targets(patches)
         else:  # joint training: the model's own full-cloud features, detached
             targets = {k: v.detach() for k, v in out.get("full", {}).items()}
         terms, metrics = {}, {}
@@ -221,7 +225,7 @@ class Stage2Step:
                 token_cosines(out["slots"].detach(), targets["tokens"], masking.mask, "copy_cos")
             )
         elif module.local_target == "points":
-            terms["local"] = masked_point_loss(out["local"], neighborhood, masking.mask_idx)
+            terms["local"] = masked_point_loss(out["local"], patches.neighborhood, masking.mask_idx)
         if "global" in out:
             terms["global"] = global_distillation_loss(out["global"], targets["global"])
         if self.align is not None:
@@ -230,19 +234,19 @@ class Stage2Step:
             )
             metrics.update(align_metrics)
         metrics.update({f"loss_{name}": term.item() for name, term in terms.items()})
-        return torch.stack(list(terms.values())).sum(), metrics
+        return stage2_loss(terms), metrics
 
 
-def build_student(cfg: Stage2Stage, teacher: PointTransformer | None) -> PointTransformer:
+def build_student(cfg: Stage2Stage, teacher: Backbone | None) -> Backbone:
     """A copy of the teacher (``init: teacher``) or a fresh encoder of the same shape."""
     if teacher is not None and cfg.init == "teacher":
         return copy.deepcopy(teacher).train().requires_grad_(True)
     if teacher is not None:
-        return PointTransformer(teacher.config)
+        return type(teacher)(teacher.config)
     return create_model(cfg.model)
 
 
-def build_model(cfg: Stage2Stage, student: PointTransformer, teacher_dims=None) -> Stage2Model:
+def build_model(cfg: Stage2Stage, student: Backbone, teacher_dims=None) -> Stage2Model:
     return Stage2Model(
         student,
         local_target=cfg.local_target,
@@ -275,7 +279,7 @@ def run_stage(cfg: Stage2Stage, *, resume: bool = False) -> engine.TrainResult:
     train_set = ShapeNet55Dataset(root, "train", cfg.num_points, seed=cfg.seed)
     test_set = ShapeNet55Dataset(root, "test", cfg.num_points, seed=cfg.seed)
     torch.manual_seed(cfg.seed)
-    teacher = load_encoder(resolve(cfg.teacher_dir)) if cfg.teacher_dir else None
+    teacher = load_encoder(resolve_run(cfg.teacher)) if cfg.teacher else None
     align, teacher_dims = None, None
     if cfg.joint:
         targets = TargetSource.from_cache(TeacherCache(resolve(cfg.cache_dir), cfg.teachers))
@@ -294,7 +298,7 @@ def run_stage(cfg: Stage2Stage, *, resume: bool = False) -> engine.TrainResult:
         eval_fn=lambda module, epoch: evaluate(module, step, loader, cfg.seed),
         resume=resume,
         checkpoint_config={
-            "model": model.encoder.config.to_dict(),
+            "model": encoder_config(model.encoder),
             "stage2": dataclasses.asdict(cfg),
         },
     )
@@ -305,4 +309,5 @@ def run_stage(cfg: Stage2Stage, *, resume: bool = False) -> engine.TrainResult:
             extra={"stage": "pretrain_stage2", "config": dataclasses.asdict(cfg)},
         )
         write_cost(resolve(cfg.live_dir), result)
+        engine.remove_checkpoints(out_dir / "checkpoints")  # finished: the encoder stays
     return result

@@ -1,16 +1,34 @@
-"""Metrics logging with dvclive: one directory per stage, never editing dvc.yaml."""
+"""What a run tells the person watching it and the record it leaves: text progress bars, the
+machine it ran on, dvclive metrics (one directory per stage, never editing dvc.yaml) and the
+cost of every training run."""
 
 from __future__ import annotations
 
 import json
+import platform
 from pathlib import Path
 
+import torch
 from dvclive import Live
+from tqdm import tqdm
 
 from mmpd_core.config import resolve
-from mmpd_core.profiling import machine
 
 DVCLIVE_ROOT = "reports/dvclive"
+
+
+def progress(iterable=None, *, desc: str = "", total: int | None = None, **kwargs) -> tqdm:
+    """A text progress bar with a time estimate (tqdm). Text, not a widget: it reads the same in
+    a terminal, in Jupyter and in the log of a pipeline run (``mmpd_core.runner`` sets
+    ``TQDM_MININTERVAL`` so that a log gets an update every few seconds, not every step)."""
+    return tqdm(iterable, desc=desc, total=total, **kwargs)
+
+
+def machine() -> str:
+    """A short description of where this ran, for table captions."""
+    if torch.cuda.is_available():
+        return f"{torch.cuda.get_device_name()} (CUDA {torch.version.cuda})"
+    return f"{platform.machine()} CPU, {torch.get_num_threads()} threads"
 
 
 def live(stage: str, *, resume: bool = False) -> Live:

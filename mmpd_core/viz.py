@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-import dataclasses
+import json
 
 import matplotlib.pyplot as plt
 import numpy as np
@@ -10,8 +10,12 @@ import torch
 from openTSNE import TSNE
 from sklearn.metrics import silhouette_score
 
-from mmpd_core.config import FinetuneStage, TsneStage
-from mmpd_core.finetune import cached_splits, frozen_features, recipe_of, train_head
+from mmpd_core.config import TsneStage, resolve
+from mmpd_core.data.datasets import dataset_family
+from mmpd_core.report import LABELS
+from mmpd_core.tasks.classification import train_head
+from mmpd_core.tasks.features import frozen_features, splits
+from mmpd_core.tracking import progress
 
 
 def embed(feats: np.ndarray, *, seed: int, perplexity: float) -> np.ndarray:
@@ -21,17 +25,18 @@ def embed(feats: np.ndarray, *, seed: int, perplexity: float) -> np.ndarray:
     return np.asarray(tsne.fit(feats))
 
 
-def panel(cfg: TsneStage, base: FinetuneStage, checkpoint: str, cache: dict) -> dict:
+def panel(cfg: TsneStage, checkpoint: str, cache: dict) -> dict:
     """One encoder: test-split features, their embedding and silhouette scores (2-D embedding
     and cosine in feature space). ``correct_only`` keeps the test clouds a linear head trained
     on the frozen training features classifies correctly."""
-    run = dataclasses.replace(base, checkpoint=checkpoint, dataset=cfg.dataset, variant=cfg.variant)
-    recipe = recipe_of(run)
-    data = cached_splits(run, recipe, cache)
-    (train_x, train_y), (test_x, test_y), config = frozen_features(run, recipe, data, cache)
+    recipe = cfg.recipes[dataset_family(cfg.dataset)]
+    data = splits(cfg.data_manifest, cfg.dataset, recipe, cache)
+    (train_x, train_y), (test_x, test_y), encoder = frozen_features(
+        checkpoint, cfg.model, cfg.dataset, recipe, data, cache
+    )
     keep = torch.ones(len(test_y), dtype=torch.bool)
     if cfg.correct_only:
-        head = train_head("linear", train_x, train_y, data[2], config, recipe, cfg.seed)
+        head = train_head("linear", train_x, train_y, data[2], encoder, recipe, cfg.seed)
         with torch.no_grad():
             keep = head(test_x).argmax(1) == test_y
     feats, labels = test_x[keep].numpy(), test_y[keep].numpy()
@@ -59,3 +64,27 @@ def figure(panels: list[dict], titles: dict[str, str], caption: str):
     fig.suptitle(caption, fontsize=10)
     fig.tight_layout()
     return fig
+
+
+def run_stage(cfg: TsneStage):
+    """The ``tsne`` stage: one panel per checkpoint; writes ``tsne_<dataset>.{png,pdf}`` and
+    the silhouette scores (``cfg.results``). Returns (panels, figure)."""
+    cache = {}  # datasets and frozen features, shared by the panels
+    panels = [panel(cfg, c, cache) for c in progress(cfg.checkpoints, desc="t-SNE panels")]
+    subset = "correctly classified test clouds only" if cfg.correct_only else "all test clouds"
+    name = cfg.dataset.partition("/")[0]
+    caption = f"t-SNE of global features, {name} test split ({subset}), seed {cfg.seed}"
+    fig = figure(panels, LABELS, caption)
+    out = resolve(cfg.out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    for suffix in ("png", "pdf"):
+        fig.savefig(out / f"tsne_{name}.{suffix}", dpi=150)
+    scores = {
+        p["checkpoint"]: {
+            k: v for k, v in p.items() if k not in ("checkpoint", "embedding", "labels")
+        }
+        for p in panels
+    }
+    resolve(cfg.results).parent.mkdir(parents=True, exist_ok=True)
+    resolve(cfg.results).write_text(json.dumps(scores, indent=2))
+    return panels, fig

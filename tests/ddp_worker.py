@@ -38,7 +38,7 @@ def make_dataset(seed: int = 0, dtype: torch.dtype = DTYPE) -> list[dict]:
 
 def make_model(dtype: torch.dtype = DTYPE, seed: int = 0, **overrides) -> torch.nn.Module:
     """A one-block point transformer with BatchNorm in tokenizer and head; no dropout unless
-    ``overrides`` (ModelConfig fields) set some."""
+    ``overrides`` (point_mae config fields) set some."""
     torch.manual_seed(seed)
     model = create_model(
         "point_mae_tiny",

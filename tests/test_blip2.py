@@ -16,7 +16,7 @@ from transformers import (
     PreTrainedTokenizerFast,
 )
 
-from mmpd_core import blip2
+from mmpd_core.data import blip2
 
 WORDS = (
     "a an the chair table lamp with four legs tall small red blue wooden of on back seat".split()
@@ -220,7 +220,7 @@ def test_data_prep_selects_blip2(tiny_dir, tmp_path):
     from mmpd_core.data import prep
 
     cfg = prep_config(tmp_path, captioner="blip2", blip2_model=str(tiny_dir))  # offline dir
-    manifest = prep.prepare(cfg)
+    manifest = prep.run_stage(cfg)
     texts = prep.json.loads(prep.resolve(manifest["captions"]).read_text())
     assert len(texts) == 40 and all(1 <= len(v) <= 2 for v in texts.values())
     # template captions always name the category; the tiny model's mostly cannot

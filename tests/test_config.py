@@ -10,13 +10,13 @@ def params_file(tmp_path):
         "seed": 3,
         "smoke": False,
         "models": {
-            "variants": ["point_mae_tiny", "point_mae"],
+            "models": ["point_mae_tiny", "point_mae"],
             "batch_size": 32,
             "num_points": 1024,
             "num_classes": 40,
             "repeats": 2,
             "out_dir": "reports",
-            "smoke": {"variants": ["point_mae_tiny"], "batch_size": 2},
+            "smoke": {"models": ["point_mae_tiny"], "batch_size": 2},
         },
     }
     path = tmp_path / "params.yaml"
@@ -26,14 +26,14 @@ def params_file(tmp_path):
 
 def test_load_builds_a_frozen_typed_dataclass(params_file):
     cfg = config.load("models", params_path=params_file)
-    assert cfg.variants == ("point_mae_tiny", "point_mae") and cfg.seed == 3
+    assert cfg.models == ("point_mae_tiny", "point_mae") and cfg.seed == 3
     with pytest.raises(AttributeError):
         cfg.batch_size = 4  # frozen
 
 
 def test_smoke_section_and_overrides(params_file):
     cfg = config.load("models", smoke=True, params_path=params_file, repeats=5, num_points=None)
-    assert cfg.variants == ("point_mae_tiny",) and cfg.batch_size == 2
+    assert cfg.models == ("point_mae_tiny",) and cfg.batch_size == 2
     assert cfg.repeats == 5 and cfg.num_points == 1024  # None overrides are ignored
 
 
@@ -47,25 +47,54 @@ def test_top_level_smoke_flag_is_the_default(params_file):
 def test_bad_values_name_the_file_and_field(params_file):
     with pytest.raises(TypeError, match="smoke must be True or False, got 'false'"):
         config.load("models", smoke="false", params_path=params_file)
-    with pytest.raises(TypeError, match=r"params.yaml:models.batch_size: expected an integer"):
-        config.load("models", params_path=params_file, batch_size="32")
-    with pytest.raises(KeyError, match=r"unknown keys \['width'\]"):
+    with pytest.raises(
+        ValueError, match=r"params.yaml:models: batch_size: Input should be a valid"
+    ):
+        config.load("models", params_path=params_file, batch_size="thirty")
+    with pytest.raises(ValueError, match=r"params.yaml:models: width: Unexpected keyword"):
         config.load("models", params_path=params_file, width=3)
+    with pytest.raises(ValueError, match=r"models: repeats: Input should be a valid integer"):
+        config.load("models", params_path=params_file, repeats=2.5)
+    with pytest.raises(ValueError, match=r"protocols.0: Input should be 'full', 'mlp3' or"):
+        config.load("finetune", protocol="fine")
     with pytest.raises(KeyError, match="unknown stage"):
         config.load("pretrain_stage9", params_path=params_file)
     with pytest.raises(FileNotFoundError, match="params file not found"):
         config.load("models", params_path=params_file.with_name("absent.yaml"))
 
 
-def test_float_fields_reject_yaml_strings():
-    assert config._coerce(1, float, "x") == 1.0
-    with pytest.raises(TypeError, match="YAML floats need a dot"):
-        config._coerce("1e-3", float, "x")
+def test_sections_merge_deeply_in_order(tmp_path):
+    """base < paper < variant < variant's paper < smoke < overrides, nested dicts merged key by
+    key (a recipe is written once), lists replaced."""
+    params = yaml.safe_load((config.PROJECT_ROOT / "params.yaml").read_text())
+    base = config.load("finetune", smoke=False).recipes["scanobjectnn"]
+    assert (base.num_points, base.augment, base.lr) == (512, "rotate_up", 2e-3)
+    params["profile"] = "paper"
+    paper_file = tmp_path / "params.yaml"
+    paper_file.write_text(yaml.safe_dump(params))
+    paper = config.load("finetune", smoke=False, params_path=paper_file).recipes["scanobjectnn"]
+    assert (paper.num_points, paper.augment, paper.lr, paper.epochs) == (
+        2048,
+        "rotate_up",
+        5e-4,
+        300,
+    )
+    assert paper.grouping == {"point_mae": {"num_groups": 128}} and paper.grad_clip == 10.0
+    few = config.load("fewshot", smoke=False, params_path=paper_file).recipe  # over modelnet40
+    assert (few.epochs, few.num_points, few.batch_size, few.augment) == (
+        150,
+        1024,
+        32,
+        "scale_translate",
+    )
+    assert config.merge({"a": {"b": 1, "c": [1, 2]}}, {"a": {"c": [3]}}) == {
+        "a": {"b": 1, "c": [3]}
+    }
 
 
 def test_repository_params_load():
     cfg = config.load("models")
-    assert "point_mae" in cfg.variants
+    assert "point_mae" in cfg.models
     for stage in config.STAGES:  # every section, every variant, full and smoke size
         for variant in ["", *config.variant_names(stage)]:
             for smoke in (False, True):
@@ -75,10 +104,7 @@ def test_repository_params_load():
 def test_every_variant_in_params_is_a_dvc_stage_writing_where_config_says():
     """dvc.yaml's foreach lists and params.yaml's variants must name the same runs."""
     pipeline = yaml.safe_load((config.PROJECT_ROOT / "dvc.yaml").read_text())["stages"]
-    groups = {
-        "pretrain_stage1": ["stage1_variant"],
-        "pretrain_stage2": ["stage2_ablation", "stage2_baseline", "stage2_teachers"],
-    }
+    groups = {"pretrain_stage1": ["stage1_variant"], "pretrain_stage2": ["stage2_variant"]}
     for stage, names in groups.items():
         run = [v for n in names for v in pipeline[n]["foreach"]]  # list items or dict keys
         assert sorted(run) == sorted(config.variant_names(stage)), stage
@@ -86,7 +112,9 @@ def test_every_variant_in_params_is_a_dvc_stage_writing_where_config_says():
         for variant in run:
             cfg = config.load(stage, smoke=False, variant=variant)
             name = next(n for n in names if variant in pipeline[n]["foreach"])
-            outs = [next(iter(o)) for o in pipeline[name]["do"]["outs"]]
+            outs = [
+                o if isinstance(o, str) else next(iter(o)) for o in pipeline[name]["do"]["outs"]
+            ]
             key = "${key}" if isinstance(pipeline[name]["foreach"], dict) else "${item}"
             assert cfg.out_dir in [o.replace(key, variant) for o in outs]
             metrics = [next(iter(m)) for m in pipeline[name]["do"]["metrics"]]
@@ -100,7 +128,7 @@ def test_paper_profile_is_one_switch_that_keeps_every_path(tmp_path):
     paper_file = tmp_path / "params.yaml"
     paper_file.write_text(yaml.safe_dump(params))
     path_fields = ("out_dir", "live_dir", "data_manifest", "cache_dir", "contact_sheet",
-                   "results", "results_dir", "table", "checkpoint_dir")  # fmt: skip
+                   "results", "results_dir", "table", "checkpoint", "teacher", "init")  # fmt: skip
     for stage in config.STAGES:
         for variant in ["", *config.variant_names(stage)]:
             base = config.load(stage, smoke=False, variant=variant)
@@ -113,3 +141,16 @@ def test_paper_profile_is_one_switch_that_keeps_every_path(tmp_path):
     paper_file.write_text(yaml.safe_dump(params))
     with pytest.raises(ValueError, match="profile must be one of"):
         config.load("models", params_path=paper_file)
+
+
+def test_run_names_map_to_one_directory_each():
+    assert config.run_dir("stage2") == "runs/stage2"
+    assert config.run_dir("stage2:no_shuffle") == "runs/stage2_variants/no_shuffle"
+    assert config.run_dir("stage1:clip_like") == "runs/stage1_variants/clip_like"
+    assert config.run_dir("scratch") == "scratch" and config.run_dir("a/b.pth") == "a/b.pth"
+    assert config.live_dir("stage1") == "reports/dvclive/pretrain_stage1"
+    assert config.live_dir("stage2:joint") == "reports/dvclive/stage2_variants/joint"
+    cfg = config.load("pretrain_stage2", variant="clip_like")
+    assert (cfg.teacher, cfg.out_dir) == ("stage1:clip_like", "runs/stage2_variants/clip_like")
+    assert config.dataset_key("scanobjectnn", "pb_t50_rs") == "scanobjectnn/pb_t50_rs"
+    assert config.dataset_key("modelnet40", "pb_t50_rs") == "modelnet40"

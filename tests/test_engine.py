@@ -144,7 +144,9 @@ def test_train_logs_evaluates_and_checkpoints(tmp_path):
         "epoch-0002.state.pt",
     ]
     assert result.checkpoint == tmp_path / "ckpt" / "epoch-0002.safetensors"
-    tensors, meta = load_checkpoint(result.checkpoint, expected_config=model.config.to_dict())
+    tensors, meta = load_checkpoint(
+        result.checkpoint, expected_config={"arch": "point_mae", **model.config.to_dict()}
+    )
     assert all(torch.equal(v, tensors[k]) for k, v in model.state_dict().items())
     assert meta["extra"]["epoch"] == 2 and meta["extra"]["metrics"]["eval/score"] == 12.0
     state = torch.load(tmp_path / "ckpt" / "epoch-0002.state.pt", weights_only=True)

@@ -6,18 +6,19 @@ import torch.nn.functional as F
 from conftest import unit_sphere_cloud
 
 from mmpd_core.layers import Attention, PatchTokenizer, TransformerStack
-from mmpd_core.models import VARIANTS, create_model
+from mmpd_core.models import MODELS, create_model
 
 
-def test_variants_and_overrides():
-    paper = VARIANTS["point_mae"]
+def test_named_sizes_and_overrides():
+    paper = create_model("point_mae").config
     assert (paper.trans_dim, paper.depth, paper.num_heads, paper.mlp_ratio) == (384, 12, 6, 4.0)
     assert (paper.drop_path_rate, paper.num_groups, paper.group_size) == (0.1, 64, 32)
+    assert (MODELS["point_mae"].arch, MODELS["point_mae_tiny"].size) == ("point_mae", "tiny")
     model = create_model("point_mae_tiny", num_classes=7, depth=2)
     assert model.config.num_classes == 7 and len(model.blocks) == 2
     with pytest.raises(KeyError, match="unknown model"):
         create_model("pointnet")
-    with pytest.raises(TypeError, match="unknown ModelConfig fields"):
+    with pytest.raises(TypeError, match="unknown point_mae config fields"):
         create_model("point_mae_tiny", width=3)
 
 
@@ -43,10 +44,11 @@ def test_forward_features_contract():
 
 def test_visible_subset_encoder_is_permutation_equivariant():
     model = create_model("point_mae_tiny").eval()
-    patches = model.tokenize(unit_sphere_cloud(2, 512))
+    patches = model.group(unit_sphere_cloud(2, 512))
     keep = torch.tensor([[0, 3, 5, 9], [1, 2, 8, 30]])
-    tok = torch.gather(patches["tokens"], 1, keep[..., None].expand(-1, -1, 128))
-    ctr = torch.gather(patches["centers"], 1, keep[..., None].expand(-1, -1, 3))
+    tokens = model.tokenizer(patches.neighborhood)
+    tok = torch.gather(tokens, 1, keep[..., None].expand(-1, -1, 128))
+    ctr = torch.gather(patches.centers, 1, keep[..., None].expand(-1, -1, 3))
     out = model.forward_encoder(tok, ctr, with_cls=False)
     assert out.shape == (2, 4, 128)  # no cls token
     perm = torch.tensor([2, 0, 3, 1])

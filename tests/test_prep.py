@@ -3,8 +3,8 @@ import json
 import numpy as np
 import pytest
 
-from mmpd_core import config, render
-from mmpd_core.data import datasets, prep, readers
+from mmpd_core import config
+from mmpd_core.data import datasets, prep, readers, render
 from mmpd_core.data.shapes import CATEGORIES
 
 TINY = dict(
@@ -41,7 +41,7 @@ def tiny_config(tmp_path, name="out", **overrides):
 def embedded(tmp_path_factory):
     tmp = tmp_path_factory.mktemp("prep")
     cfg = tiny_config(tmp)
-    return cfg, prep.prepare(cfg)
+    return cfg, prep.run_stage(cfg)
 
 
 def test_embedded_layouts_read_back(embedded):
@@ -66,7 +66,7 @@ def test_renders_and_captions_follow_ulip_layout(embedded):
     cfg, manifest = embedded
     renders = config.resolve(manifest["renders"])
     assert manifest["views_degrees"] == [0, 180]
-    rgb_path, depth_path = prep.render_paths(renders, "chair-1000000.npy", 180)
+    rgb_path, depth_path = render.render_paths(renders, "chair-1000000.npy", 180)
     assert rgb_path.name == "chair-1000000_r_180.png" and rgb_path.parent.name == "chair-1000000"
     image, depth = render.load_png(rgb_path), render.load_depth_png(depth_path)
     assert image.shape == (3, 16, 16) and (image < 1).any() and (depth > 0).any()
@@ -79,9 +79,9 @@ def test_renders_and_captions_follow_ulip_layout(embedded):
 
 def test_same_seed_same_bytes_and_other_seed_differs(embedded, tmp_path):
     _, manifest = embedded
-    again = prep.prepare(tiny_config(tmp_path, "again"))
+    again = prep.run_stage(tiny_config(tmp_path, "again"))
     assert again["content_sha256"] == manifest["content_sha256"]
-    other = prep.prepare(tiny_config(tmp_path, "other", seed=1))
+    other = prep.run_stage(tiny_config(tmp_path, "other", seed=1))
     assert other["content_sha256"] != manifest["content_sha256"]
 
 
@@ -104,17 +104,17 @@ def test_real_source_renders_real_layout(tmp_path):
     }
     shapes["test"] = {"airplane_0003": rng.normal(size=(50, 6))}
     readers.write_modelnet40(real / prep.MODELNET, names, shapes)
-    for variant in ("obj_only", "obj_bg", "pb_t50_rs"):
+    for subset in ("obj_only", "obj_bg", "pb_t50_rs"):
         for split in ("train", "test"):
             readers.write_scanobjectnn(
-                real / prep.SCAN, variant, split, rng.normal(size=(4, 64, 3)), [0, 1, 2, 14]
+                real / prep.SCAN, subset, split, rng.normal(size=(4, 64, 3)), [0, 1, 2, 14]
             )
     cfg = tiny_config(tmp_path, source="real", real_root=str(real))
-    manifest = prep.prepare(cfg)
+    manifest = prep.run_stage(cfg)
     assert manifest["roots"]["shapenet55"] == str(real / prep.SHAPENET)
     assert manifest["counts"]["shapenet55"]["train"] == {"02691150": 1, "02691151": 1}
     assert manifest["counts"]["modelnet40"]["test"] == {"airplane": 1}
-    rgb_path, _ = prep.render_paths(config.resolve(manifest["renders"]), "02691152-a-b2.npy", 0)
+    rgb_path, _ = render.render_paths(config.resolve(manifest["renders"]), "02691152-a-b2.npy", 0)
     assert rgb_path.is_file()
     assert not (real / prep.SHAPENET / "renders").exists()  # nothing written into the real data
 
@@ -122,4 +122,4 @@ def test_real_source_renders_real_layout(tmp_path):
 def test_missing_real_dataset_names_the_file(tmp_path):
     cfg = tiny_config(tmp_path, source="real", real_root=str(tmp_path / "nowhere"))
     with pytest.raises(FileNotFoundError, match=r"nowhere/ShapeNet55-34/ShapeNet-55/train\.txt"):
-        prep.prepare(cfg)
+        prep.run_stage(cfg)

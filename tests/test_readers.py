@@ -232,25 +232,25 @@ def test_fewshot_errors_name_the_file(tmp_path):
 
 
 @pytest.mark.parametrize(
-    ("variant", "split", "relative"),
+    ("subset", "split", "relative"),
     [
         ("obj_bg", "train", "main_split/training_objectdataset.h5"),
         ("obj_only", "test", "main_split_nobg/test_objectdataset.h5"),
         ("pb_t50_rs", "train", "main_split/training_objectdataset_augmentedrot_scale75.h5"),
     ],
 )
-def test_scanobjectnn_roundtrip(tmp_path, variant, split, relative):
+def test_scanobjectnn_roundtrip(tmp_path, subset, split, relative):
     points = np.stack([cloud(64, seed=s) for s in range(3)])
-    path = readers.write_scanobjectnn(tmp_path, variant, split, points, [0, 14, 7])
+    path = readers.write_scanobjectnn(tmp_path, subset, split, points, [0, 14, 7])
     assert path == tmp_path / relative
     with h5py.File(path) as h5:
         assert set(h5) == {"data", "label", "mask"} and h5["mask"].shape == (3, 64)
-    xyz, labels = readers.read_scanobjectnn(tmp_path, variant, split)
+    xyz, labels = readers.read_scanobjectnn(tmp_path, subset, split)
     np.testing.assert_array_equal(xyz, points)
     assert [readers.SCANOBJECTNN_CLASSES[i] for i in labels] == ["bag", "toilet", "door"]
-    data = scanobjectnn_dataset(tmp_path, variant, split, 64)
+    data = scanobjectnn_dataset(tmp_path, subset, split, 64)
     torch.testing.assert_close(data[2]["points"], torch.from_numpy(points[2]))  # not normalised
-    sampled = scanobjectnn_dataset(tmp_path, variant, split, 16)[2]["points"]
+    sampled = scanobjectnn_dataset(tmp_path, subset, split, 16)[2]["points"]
     torch.testing.assert_close(sampled, fps_sample(torch.from_numpy(points[2]), 16))
 
 
@@ -263,7 +263,7 @@ def _write_h5(path, **datasets):
 def test_scanobjectnn_errors_name_the_file(tmp_path):
     with pytest.raises(FileNotFoundError, match=r"main_split_nobg/training_objectdataset.h5"):
         readers.read_scanobjectnn(tmp_path, "obj_only", "train")
-    with pytest.raises(ValueError, match="unknown ScanObjectNN variant 'pb_t25'"):
+    with pytest.raises(ValueError, match="unknown ScanObjectNN subset 'pb_t25'"):
         readers.scanobjectnn_path(tmp_path, "pb_t25", "train")
     path = readers.write_scanobjectnn(tmp_path, "obj_bg", "test", cloud(64)[None], [1])
     good = path.read_bytes()

@@ -4,7 +4,7 @@ import torch
 from conftest import SHARED
 from PIL import Image
 
-from mmpd_core import render
+from mmpd_core.data import render
 
 WHITE = torch.ones(3)
 MODELNET = SHARED / "realdata" / "modelnet40_sample" / "modelnet40_normal_resampled"

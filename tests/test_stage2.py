@@ -11,13 +11,14 @@ from mmpd_core import config
 from mmpd_core.checkpoint import save_checkpoint
 from mmpd_core.data.shapes import CATEGORIES, sample_shape
 from mmpd_core.losses import masked_point_loss
-from mmpd_core.models import ModelConfig, PointTransformer, load_encoder, save_encoder
+from mmpd_core.models import Patches, load_encoder, save_encoder
+from mmpd_core.models.point_mae import PointMAE, PointMAEConfig
 from mmpd_core.shuffle import gather_tokens, random_masking
 from mmpd_core.stage1 import Stage1Step
 from mmpd_core.stage2 import Stage2Step, build_model, build_student
-from mmpd_core.teacher_cache import TargetSource
+from mmpd_core.teachers.cache import TargetSource
 
-SMALL = ModelConfig(trans_dim=32, depth=2, num_heads=2, num_groups=16, group_size=16)
+SMALL = PointMAEConfig(trans_dim=32, depth=2, num_heads=2, num_groups=16, group_size=16)
 
 
 def shapes(batch: int, num_points: int = 512) -> torch.Tensor:
@@ -34,12 +35,12 @@ def stage2_cfg(variant: str = "", **overrides) -> config.Stage2Stage:
 def make(variant: str = "", teacher=None, **overrides):
     """(model, step, teacher) of a params.yaml variant at SMALL size."""
     cfg = stage2_cfg(variant, **overrides)
-    teacher = teacher or (PointTransformer(SMALL) if cfg.teacher_dir else None)
+    teacher = teacher or (PointMAE(SMALL) if cfg.teacher else None)
     align, dims = None, None
     if cfg.joint:
         align = Stage1Step(fake_targets({"txt": 12, "img": 8}))
         dims = align.targets.dims
-    student = build_student(cfg, teacher) if teacher else PointTransformer(SMALL)
+    student = build_student(cfg, teacher) if teacher else PointMAE(SMALL)
     model = build_model(cfg, student, dims)
     return model, Stage2Step(teacher, mask_ratio=0.6, shuffle=cfg.shuffle, align=align), teacher
 
@@ -73,11 +74,11 @@ def batch_of(n: int = 4) -> dict:
 def test_shuffled_slot_holds_other_content_at_its_own_position_scored_against_its_group():
     model, step, _ = make()
     model.eval()
-    neighborhood, centers = model.encoder.group(shapes(2))
-    masking, perm = step.draw(2, 16, torch.Generator().manual_seed(0), "cpu")
+    patches = model.encoder.group(shapes(2))
+    masking, perm = step.draw(model.encoder, patches, torch.Generator().manual_seed(0))
     assert not torch.equal(perm, torch.arange(16).expand(2, 16))
-    out = model(neighborhood, centers, masking, perm)
-    visible = model.forward_encoder(neighborhood, centers, masking)[:, 1:]  # (B, V, D)
+    out = model(patches, masking, perm)
+    visible = model.encoder.forward_visible(patches, masking)["tokens"]  # (B, V, D)
     for b in range(2):
         for i in range(16):
             src = perm[b, i].item()  # slot i carries group src's content ...
@@ -86,10 +87,10 @@ def test_shuffled_slot_holds_other_content_at_its_own_position_scored_against_it
             else:
                 expected = visible[b, (masking.keep_idx[b] == src).nonzero().item()]
             torch.testing.assert_close(out["slots"][b, i], expected)
-    pos = model.local.pos_embed(centers)  # ... and centre i's position (centre order)
+    pos = model.local.pos_embed(patches.centers)  # ... and centre i's position (centre order)
     manual = model.local.head(model.local.transformer(out["slots"], pos))
     torch.testing.assert_close(out["local"], manual)
-    target = step.teacher_targets(neighborhood, centers)["tokens"]  # slot i vs group i
+    target = step.teacher_targets(patches)["tokens"]  # slot i vs group i
     loss, _ = step(
         model, {"points": shapes(2), "name": ["a", "b"]}, torch.Generator().manual_seed(0)
     )
@@ -97,10 +98,7 @@ def test_shuffled_slot_holds_other_content_at_its_own_position_scored_against_it
     expected = (
         expected
         + (
-            1
-            - F.cosine_similarity(
-                out["global"], step.teacher_targets(neighborhood, centers)["global"], dim=-1
-            )
+            1 - F.cosine_similarity(out["global"], step.teacher_targets(patches)["global"], dim=-1)
         ).mean()
     )
     torch.testing.assert_close(loss, expected)
@@ -109,23 +107,24 @@ def test_shuffled_slot_holds_other_content_at_its_own_position_scored_against_it
 def test_without_shuffle_the_path_is_plain_masked_distillation():
     model, step, _ = make("no_shuffle")
     model.eval()
-    neighborhood, centers = model.encoder.group(shapes(2))
-    masking, perm = step.draw(2, 16, torch.Generator().manual_seed(1), "cpu")
+    patches = model.encoder.group(shapes(2))
+    masking, perm = step.draw(model.encoder, patches, torch.Generator().manual_seed(1))
     assert torch.equal(perm, torch.arange(16).expand(2, 16))
-    out = model(neighborhood, centers, masking, perm)
-    visible = model.forward_encoder(neighborhood, centers, masking)[:, 1:]
+    out = model(patches, masking, perm)
+    visible = model.encoder.forward_visible(patches, masking)["tokens"]
     plain = model.local.mask_token.expand(2, 16, -1).clone()  # mask tokens everywhere ...
     for b in range(2):
         plain[b, masking.keep_idx[b]] = visible[b]  # ... visible tokens at their own groups
     torch.testing.assert_close(out["slots"], plain)
-    manual = model.local.head(model.local.transformer(plain, model.local.pos_embed(centers)))
+    pos = model.local.pos_embed(patches.centers)
+    manual = model.local.head(model.local.transformer(plain, pos))
     torch.testing.assert_close(out["local"], manual)
 
 
 def test_the_shuffle_removes_the_copy_shortcut():
     """Student = teacher weights: a decoder returning its input matches the teacher on visible
     slots without the shuffle, and does not with it, although the contents are all there."""
-    teacher = PointTransformer(SMALL).eval()
+    teacher = PointMAE(SMALL).eval()
     batch, scores = batch_of(8), {}
     for variant in ("no_shuffle", ""):
         model, step, _ = make(variant, teacher=teacher)
@@ -136,10 +135,10 @@ def test_the_shuffle_removes_the_copy_shortcut():
     assert scores["no_shuffle"] > 0.5, scores
     assert scores[""] < 0.5 * scores["no_shuffle"], scores
     with torch.no_grad():  # scored against the group each content came from, it is high again
-        neighborhood, centers = model.encoder.group(batch["points"])
-        masking, perm = step.draw(8, 16, torch.Generator().manual_seed(2), "cpu")
-        slots = model(neighborhood, centers, masking, perm)["slots"]
-        target = gather_tokens(step.teacher_targets(neighborhood, centers)["tokens"], perm)
+        patches = model.encoder.group(batch["points"])
+        masking, perm = step.draw(model.encoder, patches, torch.Generator().manual_seed(2))
+        slots = model(patches, masking, perm)["slots"]
+        target = gather_tokens(step.teacher_targets(patches)["tokens"], perm)
         from_visible = ~torch.gather(masking.mask, 1, perm)  # (B, G): content of a visible group
         cos = F.cosine_similarity(slots, target, dim=-1)[from_visible].mean().item()
     assert cos == pytest.approx(scores["no_shuffle"], abs=0.02)
@@ -147,12 +146,14 @@ def test_the_shuffle_removes_the_copy_shortcut():
 
 def test_masked_count_is_exact_and_seeded():
     _, step, _ = make()
+    encoder = PointMAE(SMALL)
+    patches = Patches(torch.zeros(5, 32, 16, 3), torch.zeros(5, 32, 3))
     for seed in range(3):
-        masking, perm = step.draw(5, 32, torch.Generator().manual_seed(seed), "cpu")
+        masking, perm = step.draw(encoder, patches, torch.Generator().manual_seed(seed))
         assert torch.equal(masking.mask.sum(1), torch.full((5,), 19))  # int(0.6 * 32)
         assert torch.equal(perm.sort(1).values, torch.arange(32).expand(5, 32))
-    a = step.draw(5, 32, torch.Generator().manual_seed(9), "cpu")
-    b = step.draw(5, 32, torch.Generator().manual_seed(9), "cpu")
+    a = step.draw(encoder, patches, torch.Generator().manual_seed(9))
+    b = step.draw(encoder, patches, torch.Generator().manual_seed(9))
     assert torch.equal(a[0].mask, b[0].mask) and torch.equal(a[1], b[1])
 
 
@@ -173,18 +174,21 @@ def test_teacher_gets_no_gradient_and_stays_fixed():
 def test_visible_encoding_does_not_see_masked_points():
     model, _, _ = make()
     model.train()  # BatchNorm in training mode: statistics must come from visible patches only
-    neighborhood, centers = model.encoder.group(shapes(2))
+    patches = model.encoder.group(shapes(2))
     masking = random_masking(2, 16, 0.6, generator=torch.Generator().manual_seed(4))
-    torch.manual_seed(0)
-    ref = model.forward_encoder(neighborhood, centers, masking)
-    noisy = neighborhood.clone()
+
+    def visible(neighborhood):
+        torch.manual_seed(0)
+        out = model.encoder.forward_visible(Patches(neighborhood, patches.centers), masking)
+        return torch.cat([out["cls"][:, None], out["tokens"]], 1)
+
+    ref = visible(patches.neighborhood)
+    noisy = patches.neighborhood.clone()
     noisy[masking.mask] += torch.randn_like(noisy[masking.mask])  # only masked patches move
-    torch.manual_seed(0)
-    torch.testing.assert_close(model.forward_encoder(noisy, centers, masking), ref, rtol=0, atol=0)
-    noisy = neighborhood.clone()
+    torch.testing.assert_close(visible(noisy), ref, rtol=0, atol=0)
+    noisy = patches.neighborhood.clone()
     noisy[~masking.mask] += 0.1 * torch.randn_like(noisy[~masking.mask])
-    torch.manual_seed(0)
-    assert not torch.allclose(model.forward_encoder(noisy, centers, masking), ref)
+    assert not torch.allclose(visible(noisy), ref)
 
 
 def test_masked_point_loss_is_chamfer_of_masked_patches_only():
@@ -216,7 +220,7 @@ def test_every_variant_steps_and_learns_a_fixed_batch(variant):
 
 def test_variants_resolve_to_their_own_directories_and_bad_ones_fail(tmp_path):
     cfg = config.load("pretrain_stage2", smoke=False, variant="point_mae")
-    assert cfg.out_dir == "runs/stage2_variants/point_mae" and cfg.teacher_dir == ""
+    assert cfg.out_dir == "runs/stage2_variants/point_mae" and cfg.teacher == ""
     assert cfg.live_dir == "reports/dvclive/stage2_variants/point_mae"
     with pytest.raises(KeyError, match="unknown variant 'nope'"):
         config.load("pretrain_stage2", variant="nope")
@@ -227,7 +231,7 @@ def test_variants_resolve_to_their_own_directories_and_bad_ones_fail(tmp_path):
 
 
 def test_encoder_round_trip_is_strict(tmp_path):
-    encoder = PointTransformer(SMALL)
+    encoder = PointMAE(SMALL)
     save_encoder(tmp_path, encoder)
     loaded = load_encoder(tmp_path, num_classes=5)  # a fresh head on the stored encoder
     assert loaded.head is not None and loaded.config.num_classes == 5
@@ -235,6 +239,7 @@ def test_encoder_round_trip_is_strict(tmp_path):
         assert torch.equal(loaded.state_dict()[name], value)
     partial = torch.nn.Module()
     partial.tokenizer = encoder.tokenizer  # only the tokenizer's weights
-    save_checkpoint(tmp_path / "partial.safetensors", partial, config=SMALL.to_dict())
+    config_ = {"arch": "point_mae", **SMALL.to_dict()}
+    save_checkpoint(tmp_path / "partial.safetensors", partial, config=config_)
     with pytest.raises(KeyError, match=r"partial\.safetensors: missing encoder keys"):
         load_encoder(tmp_path / "partial.safetensors")

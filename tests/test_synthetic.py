@@ -1,12 +1,12 @@
 import numpy as np
 import pytest
 
-from mmpd_core.captions import ZERO_SHOT_TEMPLATES, class_prompts, shape_captions
+from mmpd_core.data.captions import ZERO_SHOT_TEMPLATES, class_prompts, shape_captions
 from mmpd_core.data.primitives import box, cylinder, sphere, torus
 from mmpd_core.data.shapes import CATEGORIES, sample_shape
 from mmpd_core.data.synthetic import (
     INDEX_BLOCKS,
-    SCAN_VARIANTS,
+    SCAN_SUBSETS,
     clean_clouds,
     fewshot_episode,
     scan_cloud,
@@ -102,15 +102,15 @@ def test_visibility_keeps_the_near_side():
     assert (pts[seen, 2] > 0).all() and 0.25 < seen.mean() < 0.5  # grazing points drop out
 
 
-@pytest.mark.parametrize("variant", SCAN_VARIANTS)
-def test_scans_are_partial_normalised_clouds(variant):
+@pytest.mark.parametrize("subset", SCAN_SUBSETS)
+def test_scans_are_partial_normalised_clouds(subset):
     obj = sample_shape("chair", 0, 0, 4096).points
-    cloud = scan_cloud(obj, variant, np.random.default_rng(0), clutter_seed=6_000_000)
+    cloud = scan_cloud(obj, subset, np.random.default_rng(0), clutter_seed=6_000_000)
     assert cloud.shape == (2048, 3) and np.isfinite(cloud).all()
     assert np.linalg.norm(cloud, axis=1).max() == pytest.approx(1.0, abs=1e-5)
-    again = scan_cloud(obj, variant, np.random.default_rng(0), clutter_seed=6_000_000)
+    again = scan_cloud(obj, subset, np.random.default_rng(0), clutter_seed=6_000_000)
     assert np.array_equal(cloud, again)
-    with pytest.raises(ValueError, match="unknown ScanObjectNN variant"):
+    with pytest.raises(ValueError, match="unknown ScanObjectNN subset"):
         scan_cloud(obj, "hardest", np.random.default_rng(0), 0)
 
 

@@ -8,7 +8,7 @@ from mmpd_core import config
 from mmpd_core.data import prep
 from mmpd_core.models import create_model
 from mmpd_core.stage1 import Stage1Model, Stage1Step
-from mmpd_core.teacher_cache import TargetSource, TeacherCache, build_cache
+from mmpd_core.teachers.cache import TargetSource, TeacherCache, build_cache
 
 
 class FakeImageTeacher:
@@ -41,7 +41,7 @@ class FakeTextTeacher:
 @pytest.fixture(scope="module")
 def data(tmp_path_factory):
     tmp = tmp_path_factory.mktemp("tc")
-    manifest = prep.prepare(tiny_config(tmp, render_views=3))
+    manifest = prep.run_stage(tiny_config(tmp, render_views=3))
     return tmp, manifest
 
 

@@ -8,8 +8,10 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from mmpd_core import teachers
+from mmpd_core import config, teachers
 from mmpd_core.teachers import build_teacher
+from mmpd_core.teachers.base import IMAGENET_MEAN, IMAGENET_STD
+from mmpd_core.teachers.timm_teacher import create_timm_model, map_state_dict_in_order
 
 LITE0 = {"name": "effnet_lite0", "type": "timm", "model": "efficientnet_lite0",
          "weights": "package:efficientnet-lite0", "image_size": 96}  # fmt: skip
@@ -73,7 +75,7 @@ def save_tiny_dinov2(out):
     Dinov2Model(config).save_pretrained(out)
     BitImageProcessor(
         size={"shortest_edge": 64}, crop_size={"height": 56, "width": 56},
-        image_mean=teachers.IMAGENET_MEAN, image_std=teachers.IMAGENET_STD,
+        image_mean=IMAGENET_MEAN, image_std=IMAGENET_STD,
     ).save_pretrained(out)  # fmt: skip
     return out
 
@@ -90,7 +92,7 @@ def assert_frozen(teacher):
 
 def classify(model_name: str, weights: str, image_size: int, *names: str) -> list[int]:
     """ImageNet classes of skimage images: the head-carrying model, the teacher's preprocessing."""
-    model = teachers.create_timm_model(model_name, weights, features=False).eval()
+    model = create_timm_model(model_name, weights, features=False).eval()
     preprocess = teachers.TimmImageTeacher("c", model_name, weights, image_size=image_size)
     pixels = torch.cat([preprocess.preprocess(skimage_batch(n)) for n in names])
     with torch.no_grad():
@@ -132,15 +134,15 @@ def test_mapper_names_a_wrong_shape_and_a_wrong_kind(tmp_path):
     assert len(source) == len(target) == 296
     bad = dict(source, **{"_blocks.3._project_conv.weight": torch.zeros(40, 7, 1, 1)})
     with pytest.raises(ValueError, match=r"_blocks\.3\._project_conv\.weight .*: shape"):
-        teachers.map_state_dict_in_order(bad, target)
+        map_state_dict_in_order(bad, target)
     torch.save(bad, tmp_path / "bad.pth")
     with pytest.raises(ValueError, match=r"bad\.pth"):
-        teachers.create_timm_model("efficientnet_lite0", tmp_path / "bad.pth")
+        create_timm_model("efficientnet_lite0", tmp_path / "bad.pth")
     keys = list(source)
     i = keys.index("_bn0.running_mean")
     keys[i], keys[i + 1] = keys[i + 1], keys[i]  # running_var now pairs with running_mean
     with pytest.raises(ValueError, match=r"_bn0\.running_var -> bn1\.running_mean: kind"):
-        teachers.map_state_dict_in_order({k: source[k] for k in keys}, target)
+        map_state_dict_in_order({k: source[k] for k in keys}, target)
 
 
 def test_minilm_paraphrase_is_closer(minilm):
@@ -252,13 +254,12 @@ def test_specs_are_checked():
         build_teacher(dict(LITE0, type="keras"))
     with pytest.raises(ValueError, match="unknown packaged asset"):
         teachers.resolve_asset("package:efficientnet-lite9")
-    with pytest.raises(ValueError, match="unknown teacher profile"):
-        teachers.default_teachers("huge")
-    for profile in ("embedded", "paper"):
-        for spec in teachers.default_teachers(profile):
-            teachers.validate_spec(spec)
-    names = {s["name"]: s for s in teachers.default_teachers("embedded")}
-    assert names["minilm"] == MINILM and names["effnet_lite0"] == LITE0
+    embedded = config.load("teacher_cache", smoke=False).teachers
+    paper = config.read_params()["teacher_cache"]["paper"]["teachers"]
+    for spec in [*embedded, *paper]:  # the specs params.yaml gives both profiles
+        teachers.validate_spec(spec)
+    names = {s["name"]: s for s in embedded}
+    assert names["minilm"] == MINILM and names["effnet_lite0"]["model"] == LITE0["model"]
 
 
 def test_text_and_image_teachers_refuse_the_other_modality(lite0, minilm):

@@ -6,7 +6,7 @@ import torch
 from conftest import unit_sphere_cloud
 
 from mmpd_core.models import create_model
-from mmpd_core.upstream import load_upstream_checkpoint
+from mmpd_core.models.upstream import load_upstream_checkpoint
 
 SMALL = dict(trans_dim=96, depth=3, num_heads=4, num_groups=32, group_size=16)
 
@@ -32,6 +32,14 @@ def test_finetune_layout_reproduces_upstream_outputs(pointmae_reference):
     np.testing.assert_allclose(logits.numpy(), ref["finetune_logits"], atol=1e-5)
 
 
+def mae_encoder(model, points):
+    """Upstream's pretraining encoder on every patch: tokens, no cls token."""
+    patches = model.group(points)
+    return model.forward_encoder(
+        model.tokenizer(patches.neighborhood), patches.centers, with_cls=False
+    )
+
+
 def test_pretrain_layout_reproduces_upstream_encoder(pointmae_reference):
     ref = np.load(pointmae_reference / "pointmae_reference.npz")
     model = reference_model()
@@ -44,8 +52,7 @@ def test_pretrain_layout_reproduces_upstream_encoder(pointmae_reference):
     )
     model.eval()
     with torch.no_grad():
-        patches = model.tokenize(torch.from_numpy(ref["points"]))
-        tokens = model.forward_encoder(patches["tokens"], patches["centers"], with_cls=False)
+        tokens = mae_encoder(model, torch.from_numpy(ref["points"]))
     np.testing.assert_allclose(tokens.numpy(), ref["pretrain_encoder_tokens"], atol=1e-5)
 
 
@@ -108,11 +115,8 @@ def test_round_trip_through_upstream_layout(tmp_path, layout):
         assert torch.equal(a["global"], b["global"])
     else:  # cls token and head are not in a pretrain checkpoint: compare the MAE encoder
         assert not torch.equal(a["global"], b["global"])
-        enc = lambda m, p: m.forward_encoder(p["tokens"], p["centers"], with_cls=False)  # noqa: E731
         with torch.no_grad():
-            assert torch.equal(
-                enc(source, source.tokenize(points)), enc(target, target.tokenize(points))
-            )
+            assert torch.equal(mae_encoder(source, points), mae_encoder(target, points))
 
 
 def test_unmapped_and_misshaped_keys_fail_loudly(tmp_path):

@@ -3,9 +3,9 @@ import pytest
 import torch
 from plyfile import PlyData, PlyElement
 
-from mmpd_core import zeroshot
 from mmpd_core.models import create_model
 from mmpd_core.stage1 import Stage1Model
+from mmpd_core.tasks import zeroshot
 
 
 class BagOfWords:

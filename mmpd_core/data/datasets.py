@@ -24,16 +24,21 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset
 
+from mmpd_core.config import resolve
 from mmpd_core.data import readers
 from mmpd_core.data.transforms import fps_sample, normalize_unit_sphere, random_sample
 from mmpd_core.geometry import farthest_point_sample, gather_points
 
 __all__ = [
+    "FAMILIES",
     "CloudDataset",
     "ModelNet40Dataset",
     "ShapeNet55Dataset",
+    "classification_splits",
+    "dataset_family",
     "fewshot_dataset",
     "modelnet40_dat_dataset",
+    "modelnet40_split",
     "scanobjectnn_dataset",
 ]
 
@@ -219,16 +224,16 @@ def fewshot_dataset(
 
 def scanobjectnn_dataset(
     root: str | Path,
-    variant: str,
+    subset: str,
     split: str,
     num_points: int = 2048,
     *,
     transform: Transform | None = None,
     num_classes: int = len(readers.SCANOBJECTNN_CLASSES),
 ) -> CloudDataset:
-    """ScanObjectNN ``variant`` (obj_bg, obj_only, pb_t50_rs), unnormalised like upstream."""
-    points, labels = readers.read_scanobjectnn(root, variant, split, num_classes)
-    source = readers.scanobjectnn_path(root, variant, split)
+    """ScanObjectNN ``subset`` (obj_bg, obj_only, pb_t50_rs), unnormalised like upstream."""
+    points, labels = readers.read_scanobjectnn(root, subset, split, num_classes)
+    source = readers.scanobjectnn_path(root, subset, split)
     return CloudDataset(
         points,
         labels,
@@ -238,3 +243,48 @@ def scanobjectnn_dataset(
         transform=transform,
         source=source,
     )
+
+
+# Classification datasets by key: "modelnet40", "scanobjectnn/<subset>"; the synthetic_* names
+# insist on the embedded procedural data (data_prep.source: embedded).
+FAMILIES = {
+    "modelnet40": "modelnet40",
+    "synthetic_modelnet": "modelnet40",
+    "scanobjectnn": "scanobjectnn",
+    "synthetic_scanobjectnn": "scanobjectnn",
+}
+
+
+def dataset_family(key: str) -> str:
+    """``modelnet40`` or ``scanobjectnn`` for a dataset key (``scanobjectnn/pb_t50_rs``)."""
+    name = key.partition("/")[0]
+    if name not in FAMILIES:
+        raise ValueError(f"unknown dataset {key!r}; choose from {sorted(FAMILIES)}")
+    return FAMILIES[name]
+
+
+def modelnet40_split(root: Path, split: str, num_points: int, dat_points: int | None):
+    """The cached ``.dat`` of ``dat_points`` points when it exists, else the text files."""
+    if dat_points and readers.modelnet40_dat_path(root, split, dat_points).is_file():
+        return modelnet40_dat_dataset(root, split, num_points, dat_points=dat_points)
+    return ModelNet40Dataset(root, split, num_points)
+
+
+def classification_splits(manifest: dict, key: str, num_points: int):
+    """(train, test, number of classes) of dataset ``key`` in a data manifest's layout."""
+    family = dataset_family(key)
+    name, _, subset = key.partition("/")
+    if name.startswith("synthetic") and manifest["config"]["source"] != "embedded":
+        raise ValueError(f"{key} needs the embedded data (data_prep.source: embedded)")
+    root = resolve(manifest["roots"][family])
+    if family == "modelnet40":
+        classes = len(manifest["counts"]["modelnet40"]["train"])
+        dat_points = manifest["config"].get("modelnet_points", 8192)
+        splits = [modelnet40_split(root, s, num_points, dat_points) for s in readers.SPLITS]
+    else:
+        classes = len(manifest["counts"]["scanobjectnn"][f"{subset}/train"])
+        splits = [
+            scanobjectnn_dataset(root, subset, s, num_points, num_classes=classes)
+            for s in readers.SPLITS
+        ]
+    return splits[0], splits[1], classes

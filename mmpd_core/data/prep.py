@@ -27,13 +27,12 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from tqdm.auto import tqdm
 
-from mmpd_core import captions, render
 from mmpd_core.config import PROJECT_ROOT, DataPrepStage, resolve
-from mmpd_core.data import readers, synthetic
+from mmpd_core.data import captions, readers, render, synthetic
 from mmpd_core.data.shapes import CATEGORIES, Shape, sample_shape
 from mmpd_core.geometry import farthest_point_sample, gather_points
+from mmpd_core.tracking import progress
 
 SHAPENET, MODELNET, FEWSHOT, SCAN = (
     "ShapeNet55-34",
@@ -119,27 +118,25 @@ def write_fewshot(cfg: DataPrepStage, root: Path, modelnet) -> list[str]:
 
 
 def write_scanobjectnn(cfg: DataPrepStage, root: Path) -> None:
-    """The three ScanObjectNN variants as h5 files in their official names."""
+    """The three ScanObjectNN subsets as h5 files in their official names."""
     folder = root / SCAN
     folder.mkdir(parents=True, exist_ok=True)
     (folder / SCAN_NAMES).write_text("\n".join(CATEGORIES) + "\n")
     per_split = {"train": cfg.scan_train_per_class, "test": cfg.scan_test_per_class}
-    for variant in synthetic.SCAN_VARIANTS:
+    for subset in synthetic.SCAN_SUBSETS:
         for split, count in per_split.items():
-            scans = synthetic.scan_clouds(split, variant, count, cfg.seed, cfg.scan_points)
+            scans = synthetic.scan_clouds(split, subset, count, cfg.seed, cfg.scan_points)
             readers.write_scanobjectnn(
-                folder, variant, split, scans.points, scans.labels, num_classes=len(CATEGORIES)
+                folder, subset, split, scans.points, scans.labels, num_classes=len(CATEGORIES)
             )
 
 
 # --- renders and captions (both sources) ------------------------------------------------------
 
 
-def render_paths(renders: Path, name: str, degrees: int) -> tuple[Path, Path]:
-    """ULIP file names of one view: ``<stem>/<stem>_r_<deg>.png`` and ``..._depth0001.png``."""
-    stem = name.removesuffix(".npy")
-    base = renders / stem / f"{stem}_r_{degrees:03d}"
-    return base.with_name(base.name + ".png"), base.with_name(base.name + "_depth0001.png")
+def view_path(renders: Path, name: str, degrees: int, depth: bool = False) -> Path:
+    """The RGB (or depth) image of one rendered view."""
+    return render.render_paths(renders, name, degrees)[int(depth)]
 
 
 def _surfaces(cfg, root_shapenet: Path, names, shapes: dict[str, Shape]):
@@ -160,7 +157,7 @@ def write_renders(cfg, root_shapenet: Path, renders: Path, names, shapes, batch=
     """Render every shape from ``render_views`` azimuths into RGB and 16-bit depth PNGs."""
     degrees = [round(360 * v / cfg.render_views) for v in range(cfg.render_views)]
     device = "cuda" if torch.cuda.is_available() else "cpu"
-    for start in tqdm(range(0, len(names), batch), desc="render"):
+    for start in progress(range(0, len(names), batch), desc="render"):
         chunk = names[start : start + batch]
         surfaces = _surfaces(cfg, root_shapenet, chunk, shapes)
         rgb, depth = render.render_views(
@@ -171,7 +168,7 @@ def write_renders(cfg, root_shapenet: Path, renders: Path, names, shapes, batch=
         )
         for b, name in enumerate(chunk):
             for v, deg in enumerate(degrees):
-                rgb_path, depth_path = render_paths(renders, name, deg)
+                rgb_path, depth_path = render.render_paths(renders, name, deg)
                 rgb_path.parent.mkdir(parents=True, exist_ok=True)
                 render.save_png(rgb[b, v], rgb_path)  # both savers move to the CPU
                 render.save_depth_png(depth[b, v], depth_path)
@@ -181,14 +178,14 @@ def write_renders(cfg, root_shapenet: Path, renders: Path, names, shapes, batch=
 def make_captions(cfg, renders: Path, names, attributes, degrees) -> dict[str, list[str]]:
     """``captions_per_shape`` captions per shape: templates, or BLIP-2 on the rendered views."""
     if cfg.captioner == "blip2":
-        from mmpd_core import blip2  # transformers' BLIP-2 only when asked for
+        from mmpd_core.data import blip2  # transformers' BLIP-2 only when asked for
 
         device = "cuda" if torch.cuda.is_available() else "cpu"
         captioner = blip2.load_captioner(cfg.blip2_model, device=device)
         ranked = []
         for start in range(0, len(names), 64):  # load 64 shapes' views at a time
             views = [
-                torch.stack([render.load_png(render_paths(renders, n, d)[0]) for d in degrees])
+                torch.stack([render.load_png(view_path(renders, n, d)) for d in degrees])
                 for n in names[start : start + 64]
             ]  # per shape (V, 3, H, W)
             ranked += blip2.caption_shapes(
@@ -246,12 +243,12 @@ def count_datasets(cfg: DataPrepStage, roots: dict[str, Path]) -> dict:
             labels = readers.read_modelnet40_split(roots["modelnet40"], split)[1]
         counts["modelnet40"][split] = _per_class(labels, mn_names)
     scan_names = _class_names(roots["scanobjectnn"] / SCAN_NAMES, readers.SCANOBJECTNN_CLASSES)
-    for variant in synthetic.SCAN_VARIANTS:
+    for subset in synthetic.SCAN_SUBSETS:
         for split in readers.SPLITS:
             labels = readers.read_scanobjectnn(
-                roots["scanobjectnn"], variant, split, len(scan_names)
+                roots["scanobjectnn"], subset, split, len(scan_names)
             )[1]
-            counts["scanobjectnn"][f"{variant}/{split}"] = _per_class(labels, scan_names)
+            counts["scanobjectnn"][f"{subset}/{split}"] = _per_class(labels, scan_names)
     counts["fewshot_folds"] = len(list(roots["fewshot"].glob("*way_*shot/*.pkl")))
     return counts
 
@@ -274,8 +271,9 @@ def tree_digest(folder: Path) -> tuple[str, int, int]:
 # --- the stage --------------------------------------------------------------------------------
 
 
-def prepare(cfg: DataPrepStage) -> dict:
-    """Run the whole stage; returns (and writes) the manifest."""
+def run_stage(cfg: DataPrepStage) -> dict:
+    """The ``data_prep`` stage: datasets, renders, captions, the manifest and the contact
+    sheet; returns the manifest."""
     out, roots, timings = resolve(cfg.out_dir), dataset_roots(cfg), {}
     if (out / "manifest.json").is_file():
         shutil.rmtree(out)  # a previous run of this stage: start clean, nothing stale survives
@@ -312,6 +310,7 @@ def prepare(cfg: DataPrepStage) -> dict:
     digest, files, size = tree_digest(out)
     manifest.update(content_sha256=digest, files=files, bytes=size)
     (out / "manifest.json").write_text(json.dumps(manifest, indent=1, default=list))
+    contact_sheet(cfg, manifest)
     return manifest
 
 
@@ -336,10 +335,12 @@ def contact_sheet(cfg: DataPrepStage, manifest: dict, views: int = 3) -> Path:
     tiles, labels = [], []
     for name in _first_per_category(manifest):
         for deg in picks:
-            tiles.append(render.load_png(render_paths(renders, name, deg)[0]))
+            tiles.append(render.load_png(render.render_paths(renders, name, deg)[0]))
             labels.append(f"{readers.parse_shapenet_name(name)[0]} {deg}")
         tiles.append(
-            render.depth_to_rgb(render.load_depth_png(render_paths(renders, name, picks[0])[1]))
+            render.depth_to_rgb(
+                render.load_depth_png(view_path(renders, name, picks[0], depth=True))
+            )
         )
         labels.append("depth")
     return render.contact_sheet(

@@ -32,7 +32,7 @@ MODELNET_SHAPE_NAMES = "modelnet40_shape_names.txt"
 SCANOBJECTNN_CLASSES = tuple(
     "bag bin box cabinet chair desk display door shelf table bed pillow sink sofa toilet".split()
 )
-# variant -> (folder, file-name suffix) of {training,test}_objectdataset<suffix>.h5
+# subset -> (folder, file-name suffix) of {training,test}_objectdataset<suffix>.h5
 SCANOBJECTNN_FILES = {
     "obj_bg": ("main_split", ""),
     "obj_only": ("main_split_nobg", ""),
@@ -351,25 +351,25 @@ def write_fewshot_fold(
 # --- ScanObjectNN (h5) ------------------------------------------------------------------------
 
 
-def scanobjectnn_path(root: str | Path, variant: str, split: str) -> Path:
+def scanobjectnn_path(root: str | Path, subset: str, split: str) -> Path:
     """``main_split[_nobg]/{training,test}_objectdataset[_augmentedrot_scale75].h5``."""
-    if variant not in SCANOBJECTNN_FILES:
+    if subset not in SCANOBJECTNN_FILES:
         raise ValueError(
-            f"unknown ScanObjectNN variant {variant!r}; choose from {list(SCANOBJECTNN_FILES)}"
+            f"unknown ScanObjectNN subset {subset!r}; choose from {list(SCANOBJECTNN_FILES)}"
         )
-    folder, suffix = SCANOBJECTNN_FILES[variant]
+    folder, suffix = SCANOBJECTNN_FILES[subset]
     stem = "training" if _check_split(split) == "train" else "test"
     return Path(root) / folder / f"{stem}_objectdataset{suffix}.h5"
 
 
 def read_scanobjectnn(
-    root: str | Path, variant: str, split: str, num_classes: int = len(SCANOBJECTNN_CLASSES)
+    root: str | Path, subset: str, split: str, num_classes: int = len(SCANOBJECTNN_CLASSES)
 ) -> tuple[np.ndarray, np.ndarray]:
     """Float32 points (M, N, 3) (N = 2048 in the release) and int64 labels (M,) in 0..14.
 
     ``num_classes`` bounds the labels (15 in the release; the procedural stand-in has more).
     """
-    path = _require_file(scanobjectnn_path(root, variant, split), f"ScanObjectNN {variant} file")
+    path = _require_file(scanobjectnn_path(root, subset, split), f"ScanObjectNN {subset} file")
     try:
         with h5py.File(path, "r") as h5:
             missing = {"data", "label"} - set(h5.keys())
@@ -386,7 +386,7 @@ def read_scanobjectnn(
 
 def write_scanobjectnn(
     root: str | Path,
-    variant: str,
+    subset: str,
     split: str,
     points: np.ndarray,
     labels,
@@ -397,7 +397,7 @@ def write_scanobjectnn(
 
     The readers ignore ``mask``; it is written (zeros unless given) so the file has every key.
     """
-    path = scanobjectnn_path(root, variant, split)
+    path = scanobjectnn_path(root, subset, split)
     points = _check_points(points, path, channels=3, batched=True)
     labels = _check_labels(labels, path, len(points), num_classes)
     mask = np.zeros(points.shape[:2], dtype=np.int8) if mask is None else np.asarray(mask)

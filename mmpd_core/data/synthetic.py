@@ -4,7 +4,7 @@ Roles (each written to disk in the layout of its real counterpart by ``mmpd_core
 
 - ``pretrain``: the ShapeNet-55 stand-in (unlabelled use);
 - ``modelnet``: clean classification (train / test), the ModelNet40 stand-in;
-- ``scanobjectnn``: single-view partial scans, variants ``obj_only``, ``obj_bg``, ``pb_t50_rs``;
+- ``scanobjectnn``: single-view partial scans, subsets ``obj_only``, ``obj_bg``, ``pb_t50_rs``;
 - few-shot episodes drawn from the ``modelnet`` role, like ModelNetFewshot from ModelNet40.
 
 Shapes of different roles never coincide: each (role, split) owns a disjoint block of shape
@@ -29,7 +29,7 @@ INDEX_BLOCKS = {
     ("scanobjectnn", "test"): 5 * BLOCK,
     ("clutter", "any"): 6 * BLOCK,  # other objects standing next to a scanned one
 }
-SCAN_VARIANTS = ("obj_only", "obj_bg", "pb_t50_rs")
+SCAN_SUBSETS = ("obj_only", "obj_bg", "pb_t50_rs")
 
 
 def shape_index(role: str, split: str, i: int) -> int:
@@ -132,20 +132,20 @@ def _crop(scene: np.ndarray, centre, half, angle) -> np.ndarray:
     return scene[(np.abs(local) <= half).all(axis=1)]
 
 
-def scan_cloud(obj, variant: str, rng: np.random.Generator, clutter_seed: int, num_points=2048):
+def scan_cloud(obj, subset: str, rng: np.random.Generator, clutter_seed: int, num_points=2048):
     """One ScanObjectNN-style sample of the complete object cloud ``obj`` (N, 3)."""
-    if variant not in SCAN_VARIANTS:
-        raise ValueError(f"unknown ScanObjectNN variant {variant!r}; choose from {SCAN_VARIANTS}")
+    if subset not in SCAN_SUBSETS:
+        raise ValueError(f"unknown ScanObjectNN subset {subset!r}; choose from {SCAN_SUBSETS}")
     toward = _view_direction(rng)
     scene = (
         obj
-        if variant == "obj_only"
+        if subset == "obj_only"
         else np.concatenate([obj, _background(obj, toward, rng, clutter_seed)])
     )
     scene = scene[visible(scene, toward)]
     centre, half = (obj.max(0) + obj.min(0)) / 2, (obj.max(0) - obj.min(0)) / 2 * 1.15 + 0.02
     angle = 0.0
-    if variant == "pb_t50_rs":
+    if subset == "pb_t50_rs":
         centre = centre + rng.uniform(-0.5, 0.5, 3) * half  # box moved by up to 50 %
         half, angle = half * rng.uniform(0.85, 1.15), rng.uniform(0, 2 * np.pi)
     crop = _crop(scene, centre, half, angle)
@@ -155,7 +155,7 @@ def scan_cloud(obj, variant: str, rng: np.random.Generator, clutter_seed: int, n
     crop = crop[np.linalg.norm(crop - hole_centre, axis=1) > hole_r]  # sensor dropout
     crop = crop + rng.normal(0, 0.008, crop.shape)  # sensor noise
     cloud = unit_sphere(_resample(crop, num_points, rng))
-    if variant == "pb_t50_rs":
+    if subset == "pb_t50_rs":
         cloud = cloud @ _rot_y(rng.uniform(0, 2 * np.pi)).T
     return cloud.astype(np.float32)
 
@@ -165,15 +165,15 @@ def _rot_y(angle: float) -> np.ndarray:
     return np.array([[c, 0, s], [0, 1, 0], [-s, 0, c]])
 
 
-def scan_clouds(split, variant, per_class, seed, num_points=2048, full_points=8192) -> CloudSet:
-    """``per_class`` scans per category; the same objects for every variant of a split."""
+def scan_clouds(split, subset, per_class, seed, num_points=2048, full_points=8192) -> CloudSet:
+    """``per_class`` scans per category; the same objects for every subset of a split."""
     clean = clean_clouds("scanobjectnn", split, per_class, full_points, seed)
     clouds = []
     for k, (obj, index) in enumerate(zip(clean.points, clean.indices, strict=True)):
         category = CATEGORIES[clean.labels[k]]
-        rng = shape_rng(category, int(index), seed + 1 + SCAN_VARIANTS.index(variant))
+        rng = shape_rng(category, int(index), seed + 1 + SCAN_SUBSETS.index(subset))
         clutter = shape_index("clutter", "any", k + per_class * len(CATEGORIES) * (split == "test"))
-        clouds.append(scan_cloud(obj, variant, rng, clutter, num_points))
+        clouds.append(scan_cloud(obj, subset, rng, clutter, num_points))
     return CloudSet(points=np.stack(clouds), labels=clean.labels, indices=clean.indices)
 
 

@@ -270,3 +270,10 @@ def contact_sheet(
     path.parent.mkdir(parents=True, exist_ok=True)
     sheet.save(path)
     return path
+
+
+def render_paths(renders: Path, name: str, degrees: int) -> tuple[Path, Path]:
+    """ULIP file names of one view: ``<stem>/<stem>_r_<deg>.png`` and ``..._depth0001.png``."""
+    stem = name.removesuffix(".npy")
+    base = renders / stem / f"{stem}_r_{degrees:03d}"
+    return base.with_name(base.name + ".png"), base.with_name(base.name + "_depth0001.png")

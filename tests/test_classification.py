@@ -8,17 +8,19 @@ import pandas as pd
 import pytest
 import torch
 
-from mmpd_core import config, fewshot, finetune, report, viz
+from mmpd_core import config, report, viz
 from mmpd_core.data import readers
-from mmpd_core.data.datasets import CloudDataset
+from mmpd_core.data.datasets import CloudDataset, dataset_family
 from mmpd_core.data.shapes import CATEGORIES, sample_shape
-from mmpd_core.models import ModelConfig, PointTransformer, save_encoder
+from mmpd_core.models import save_encoder
+from mmpd_core.models.point_mae import PointMAE, PointMAEConfig
+from mmpd_core.tasks import classification, features, fewshot, metrics
 
-SMALL = ModelConfig(trans_dim=32, depth=1, num_heads=2, num_groups=16, group_size=16)
-RECIPE = finetune.Recipe(
-    num_points=256, num_groups=16, augment="scale_translate", epochs=3, batch_size=8, lr=1e-3,
+SMALL = PointMAEConfig(trans_dim=32, depth=1, num_heads=2, num_groups=16, group_size=16)
+RECIPE = config.Recipe(
+    num_points=256, augment="scale_translate", epochs=3, batch_size=8, lr=1e-3,
     weight_decay=0.05, warmup_epochs=0, min_lr=1e-6, grad_clip=10.0, drop_path_rate=0.0,
-    amp="none", head_epochs=150, head_lr=1e-2,
+    amp="none", head_epochs=150, head_lr=1e-2, grouping={"point_mae": {"num_groups": 16}},
 )  # fmt: skip
 
 
@@ -35,44 +37,44 @@ def clouds(per_class: int, classes: int = 3, offset: int = 0, channels: int = 3)
 
 
 def test_frozen_encoder_features_are_deterministic_and_a_head_separates_classes():
-    encoder = PointTransformer(SMALL)
+    encoder = PointMAE(SMALL)
     data = CloudDataset(*clouds(6), 256)
-    feats, labels = finetune.extract_features(encoder, data, amp="none")
-    again, _ = finetune.extract_features(encoder, data, amp="none")
+    feats, labels = features.extract_features(encoder, data, amp="none")
+    again, _ = features.extract_features(encoder, data, amp="none")
     assert feats.shape == (18, 64) and torch.equal(feats, again)
     assert not any(p.grad is not None for p in encoder.parameters())
-    head = finetune.train_head("mlp3", feats, labels, 3, SMALL, RECIPE, seed=0)
+    head = classification.train_head("mlp3", feats, labels, 3, encoder, RECIPE, seed=0)
     torch.rand(5)  # draws in between (a DataLoader, another run) change nothing
-    again = finetune.train_head("mlp3", feats, labels, 3, SMALL, RECIPE, seed=0)
+    again = classification.train_head("mlp3", feats, labels, 3, encoder, RECIPE, seed=0)
     pairs = zip(head.parameters(), again.parameters(), strict=True)
     assert all(torch.equal(a, b) for a, b in pairs)
-    head = finetune.train_head("linear", feats, labels, 3, SMALL, RECIPE, seed=0)
-    assert finetune.accuracy(head(feats), labels) == 1.0
-    mlp3 = finetune.make_head("mlp3", 64, 3, SMALL)
+    head = classification.train_head("linear", feats, labels, 3, encoder, RECIPE, seed=0)
+    assert metrics.accuracy(head(feats), labels) == 1.0
+    mlp3 = classification.make_head("mlp3", encoder.to("meta"), 3)  # needs no weights
     assert [type(m).__name__ for m in mlp3][:2] == ["Linear", "BatchNorm1d"]
     assert not any(p.requires_grad for p in head[0].parameters())  # the probe's BN has none
 
 
 def test_votes_average_augmented_passes_and_never_take_a_max():
-    model = PointTransformer(dataclasses.replace(SMALL, num_classes=3)).eval()
+    model = PointMAE(dataclasses.replace(SMALL, num_classes=3)).eval()
     data = CloudDataset(*clouds(2), 256)
-    plain, voted, labels = finetune.predict(model, data, RECIPE, votes=3, seed=7)
+    plain, voted, labels = classification.predict(model, data, RECIPE, votes=3, seed=7)
     generator = torch.Generator().manual_seed(7)
     points = torch.stack([data[i]["points"] for i in range(len(data))])
     with torch.no_grad():
-        passes = [model(finetune.augment(points, RECIPE, generator)) for _ in range(3)]
+        passes = [model(classification.augment(points, RECIPE, generator)) for _ in range(3)]
         torch.testing.assert_close(plain, model(points))
     torch.testing.assert_close(voted, torch.stack(passes).mean(0))
     assert torch.equal(labels, torch.as_tensor(data.labels))
-    _, no_votes, _ = finetune.predict(model, data, RECIPE, votes=0, seed=7)
+    _, no_votes, _ = classification.predict(model, data, RECIPE, votes=0, seed=7)
     torch.testing.assert_close(no_votes, plain)
 
 
 def test_full_finetuning_learns_a_small_training_set(tmp_path):
-    model = PointTransformer(dataclasses.replace(SMALL, num_classes=3))
+    model = PointMAE(dataclasses.replace(SMALL, num_classes=3))
     data = CloudDataset(*clouds(8), 256)
     recipe = dataclasses.replace(RECIPE, epochs=6, augment="none")
-    result = finetune.fine_tune(model, data, recipe, seed=0, out_dir=tmp_path / "run")
+    result = classification.fine_tune(model, data, recipe, seed=0, out_dir=tmp_path / "run")
     losses = [h["train/loss"] for h in result.history]
     assert losses[-1] < losses[0]
     assert (tmp_path / "run/live/metrics.json").is_file()  # dvclive per run
@@ -85,13 +87,13 @@ def test_full_finetuning_resumes_a_killed_run_exactly(tmp_path, monkeypatch):
 
     def tuned(out_dir):
         torch.manual_seed(0)
-        model = PointTransformer(dataclasses.replace(SMALL, num_classes=3))
-        finetune.fine_tune(model, data, recipe, seed=0, out_dir=out_dir)
+        model = PointMAE(dataclasses.replace(SMALL, num_classes=3))
+        classification.fine_tune(model, data, recipe, seed=0, out_dir=out_dir)
         return model.state_dict()
 
     whole = tuned(tmp_path / "whole")
     steps_per_epoch = len(data) // recipe.batch_size
-    step, calls, kill = finetune.ClassifierStep.__call__, [], {"at": 2 * steps_per_epoch + 1}
+    step, calls, kill = classification.ClassifierStep.__call__, [], {"at": 2 * steps_per_epoch + 1}
 
     def counted(self, model, batch, generator):  # killed at the first step of epoch 2
         calls.append(1)
@@ -99,7 +101,7 @@ def test_full_finetuning_resumes_a_killed_run_exactly(tmp_path, monkeypatch):
             raise KeyboardInterrupt
         return step(self, model, batch, generator)
 
-    monkeypatch.setattr(finetune.ClassifierStep, "__call__", counted)
+    monkeypatch.setattr(classification.ClassifierStep, "__call__", counted)
     with pytest.raises(KeyboardInterrupt):
         tuned(tmp_path / "run")
     assert [p.name for p in sorted((tmp_path / "run").glob("epoch-*"))] == [
@@ -113,49 +115,54 @@ def test_full_finetuning_resumes_a_killed_run_exactly(tmp_path, monkeypatch):
     assert not list((tmp_path / "run").glob("epoch-*"))
 
 
-def test_summary_is_mean_and_sample_std_over_seeds():
+def test_summary_is_mean_and_sample_std_over_seeds_in_percent():
     rows = [
-        {"acc": 0.5, "acc_vote": 0.6, "train_acc": 1.0},
-        {"acc": 0.7, "acc_vote": 0.6, "train_acc": 1.0},
+        {"acc": 50.0, "acc_vote": 60.0, "train_acc": 100.0},
+        {"acc": 70.0, "acc_vote": 60.0, "train_acc": 100.0},
     ]
-    out = finetune.summarise(rows)
+    out = metrics.summarise(rows)
     assert out["acc_mean"] == pytest.approx(60.0) and out["acc_std"] == pytest.approx(14.1421356)
     assert out["acc_vote_std"] == 0.0
-    frozen = finetune.summarise([{"acc": 0.5, "acc_vote": float("nan"), "train_acc": 1.0}])
+    frozen = metrics.summarise([{"acc": 50.0, "acc_vote": float("nan"), "train_acc": 100.0}])
     assert "acc_vote_mean" not in frozen and frozen["acc_std"] == 0.0
 
 
 def test_grid_covers_every_cell_and_names_runs():
     grid = config.load("classification", smoke=False)
-    base = config.load("finetune", smoke=False)
-    configs = finetune.grid_configs(grid, base)
-    assert len(configs) == len(grid.checkpoints) * len(grid.datasets) * len(grid.protocols)
-    scan = [c for c in configs if c.dataset == "scanobjectnn" and c.variant == "pb_t50_rs"]
-    assert scan and all(c.seeds == grid.seeds and c.out_dir == grid.out_dir for c in configs)
-    tag = finetune.run_tag(scan[0])
-    assert tag.startswith("scanobjectnn-pb_t50_rs__") and "/" not in tag
-    assert finetune.checkpoint_name("runs/stage2_variants/joint") == "stage2_variants/joint"
+    cells = classification.cells(grid)
+    assert len(cells) == len(grid.checkpoints) * len(grid.datasets) * len(grid.protocols)
+    scan = [c for c in cells if c.dataset == "scanobjectnn/pb_t50_rs"]
+    assert scan and scan[0].tag.startswith("scanobjectnn-pb_t50_rs__") and "/" not in scan[0].tag
+    assert classification.Cell("stage2:joint", "modelnet40", "full").tag == (
+        "modelnet40__stage2_variants-joint__full"
+    )
+    assert features.checkpoint_name("stage2:joint") == "stage2_variants/joint"
+    assert features.checkpoint_name("runs/stage1/encoder.safetensors") == "stage1"
+    one = config.load("finetune", smoke=False, dataset="scanobjectnn", subset="obj_only")
+    assert one.datasets == ("scanobjectnn/obj_only",) and len(classification.cells(one)) == 1
 
 
 def test_checkpoints_load_by_kind_and_fail_clearly(tmp_path):
-    assert finetune.load_pretrained("scratch", "point_mae_tiny").config.trans_dim == 128
-    encoder = PointTransformer(SMALL)
+    assert features.load_pretrained("scratch", "point_mae_tiny").config.trans_dim == 128
+    encoder = PointMAE(SMALL)
     save_encoder(tmp_path, encoder)
-    loaded = finetune.load_pretrained(str(tmp_path), "point_mae_tiny", num_classes=4)
+    loaded = features.load_pretrained(str(tmp_path), "point_mae_tiny", num_classes=4)
     assert loaded.config.trans_dim == 32 and loaded.head is not None
+    grouped = features.load_pretrained(str(tmp_path), "point_mae_tiny", grouping=RECIPE.grouping)
+    assert grouped.config.num_groups == 16
     with pytest.raises(FileNotFoundError, match="no pretrained encoder"):
-        finetune.load_pretrained(str(tmp_path / "missing"), "point_mae_tiny")
+        features.load_pretrained(str(tmp_path / "missing"), "point_mae_tiny")
     with pytest.raises(ValueError, match="unknown dataset"):
-        finetune.dataset_family("shapenet")
+        dataset_family("shapenet")
 
 
 def test_random_parts_of_a_loaded_encoder_follow_the_seed_not_the_global_rng(tmp_path):
-    save_encoder(tmp_path, PointTransformer(SMALL))
+    save_encoder(tmp_path, PointMAE(SMALL))
 
     def weights(checkpoint, seed, **overrides):
         torch.manual_seed(torch.randint(1000, ()).item())  # whatever ran before
         state = torch.get_rng_state()
-        model = finetune.load_pretrained(checkpoint, "point_mae_tiny", seed=seed, **overrides)
+        model = features.load_pretrained(checkpoint, "point_mae_tiny", seed=seed, **overrides)
         assert torch.equal(torch.get_rng_state(), state)  # the global RNG is untouched
         return model.state_dict()
 
@@ -179,15 +186,14 @@ def test_fewshot_episodes_from_official_pickles(tmp_path):
             "test": [(p, int(y), int(y)) for p, y in zip(query, query_y, strict=True)],
         }
         readers.write_fewshot_fold(root, 2, 2, fold, episode)
-    save_encoder(tmp_path / "enc", PointTransformer(SMALL))
+    save_encoder(tmp_path / "enc", PointMAE(SMALL))
     (tmp_path / "manifest.json").write_text(json.dumps({"roots": {"fewshot": str(root)}}))
     cfg = config.FewshotStage(
         checkpoints=(str(tmp_path / "enc"),), ways=(2,), shots=(2,), folds=2, protocol="linear",
         model="point_mae_tiny", seed=0, data_manifest=str(tmp_path / "manifest.json"),
-        recipe=dataclasses.asdict(RECIPE), out_dir=str(tmp_path / "runs"),
-        results_dir=str(tmp_path / "results"),
+        recipe=RECIPE, out_dir=str(tmp_path / "runs"), results_dir=str(tmp_path / "results"),
     )  # fmt: skip
-    rows = fewshot.run(cfg)
+    rows = fewshot.run_stage(cfg)
     assert len(rows) == 1 and rows[0]["folds"] == 2 and len(rows[0]["accs"]) == 2
     assert rows[0]["acc_mean"] == pytest.approx(np.mean(rows[0]["accs"]))
     for acc in rows[0]["accs"]:  # 6 queries: a multiple of 100/6
@@ -196,11 +202,11 @@ def test_fewshot_episodes_from_official_pickles(tmp_path):
     assert saved["rows"][0]["accs"] == rows[0]["accs"]
     # full fine-tuning: one run directory per (checkpoint, episode), so an episode never
     # resumes another's checkpoint; dvclive stays, the checkpoints go
-    recipe = dataclasses.asdict(dataclasses.replace(RECIPE, epochs=1, batch_size=2))
+    recipe = dataclasses.replace(RECIPE, epochs=1, batch_size=2)
     full = dataclasses.replace(
         cfg, protocol="full", recipe=recipe, checkpoints=("scratch", str(tmp_path / "enc"))
     )
-    fewshot.run(full)
+    fewshot.run_stage(full)
     runs = sorted((tmp_path / "runs").glob("*/*"))
     named = sorted((r.parent.name.split("-")[-1], r.name) for r in runs)  # .../enc -> ...-enc
     assert named == [
@@ -214,9 +220,9 @@ def test_fewshot_episodes_from_official_pickles(tmp_path):
 def test_report_tables_put_this_run_beside_the_paper():
     grid = pd.DataFrame(
         [
-            {"dataset": "modelnet40", "variant": np.nan, "checkpoint": "stage2", "protocol": "full",
+            {"dataset": "modelnet40", "subset": np.nan, "checkpoint": "stage2", "protocol": "full",
              "acc_mean": 91.25, "acc_std": 0.5, "acc_vote_mean": 92.0, "acc_vote_std": 0.0},
-            {"dataset": "scanobjectnn", "variant": "obj_bg", "checkpoint": "stage2",
+            {"dataset": "scanobjectnn", "subset": "obj_bg", "checkpoint": "stage2",
              "protocol": "full", "acc_mean": 80.0, "acc_std": 1.0},
         ]
     )  # fmt: skip
@@ -251,7 +257,7 @@ def test_released_point_mae_checkpoint_is_a_finetune_starting_point(tmp_path):
 
     source = create_model("point_mae_tiny")
     path = write(tmp_path / "pretrain.pth", to_upstream(source, "pretrain"))
-    model = finetune.load_pretrained(str(path), "point_mae_tiny", num_classes=3)
+    model = features.load_pretrained(str(path), "point_mae_tiny", num_classes=3)
     assert model.head is not None
     for name, value in source.state_dict().items():
         if name.startswith(("tokenizer", "transformer", "pos_embed")):
@@ -259,11 +265,11 @@ def test_released_point_mae_checkpoint_is_a_finetune_starting_point(tmp_path):
 
 
 def test_batchnorm_statistics_are_recomputed_over_the_training_clouds():
-    model = PointTransformer(dataclasses.replace(SMALL, num_classes=3))
+    model = PointMAE(dataclasses.replace(SMALL, num_classes=3))
     data = CloudDataset(*clouds(4), 256)
-    finetune.refresh_batchnorm(model, data, batch_size=5)
+    classification.refresh_batchnorm(model, data, batch_size=5)
     points = torch.stack([data[i]["points"] for i in range(len(data))])
-    neighborhood, _ = model.group(points)
+    neighborhood = model.group(points).neighborhood
     with torch.no_grad():
         first = model.tokenizer.first_conv[0](neighborhood.reshape(-1, 3))  # (B*G*K, 128)
     bn = model.tokenizer.first_conv[1]

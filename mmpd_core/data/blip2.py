@@ -29,7 +29,7 @@ from pathlib import Path
 
 import torch
 from PIL import Image
-from tqdm.auto import tqdm
+from tqdm import tqdm
 from transformers import Blip2ForConditionalGeneration, Blip2Processor
 
 # A Hugging Face hub id: "name" or "owner/name", no leading dot, slash or tilde.

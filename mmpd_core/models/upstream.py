@@ -1,4 +1,4 @@
-"""Load released Point-MAE checkpoints into ``PointTransformer`` through an explicit key map.
+"""Load released upstream checkpoints through an explicit key map (Point-MAE now).
 
 Two layouts exist upstream, both whole training checkpoints (``base_model``, ``optimizer``,
 ``epoch``, ``metrics``, ``best_metrics``), with keys possibly prefixed by ``module.``:
@@ -21,7 +21,7 @@ from pathlib import Path
 
 import torch
 
-from mmpd_core.models import PointTransformer
+from mmpd_core.models.contract import Backbone
 
 # (checkpoint-key pattern, model-key template); the first match wins.
 _ENCODER_RULES = [
@@ -91,17 +91,15 @@ def _to_model_shape(value: torch.Tensor, expected: torch.Size) -> torch.Tensor:
     return value
 
 
-def load_upstream_checkpoint(
-    model: PointTransformer, path: str | Path, source: str = "point_mae"
-) -> LoadReport:
+def load_upstream_checkpoint(model: Backbone, path: str | Path) -> LoadReport:
     """Load a released Point-MAE checkpoint (pretrain or fine-tune layout) into ``model``.
 
     Raises ``ValueError`` listing every unmapped checkpoint key, missing model key and shape
     mismatch. A fine-tuned head with another class count is skipped (and reported) rather
     than loaded. Returns a ``LoadReport``.
     """
-    if source != "point_mae":
-        raise ValueError(f"unsupported checkpoint source {source!r}; supported: 'point_mae'")
+    if model.arch != "point_mae":
+        raise ValueError(f"{path}: no upstream checkpoint adapter for {model.arch!r} (point_mae)")
     path = Path(path)
     raw = _read(path)
     state = raw["state"]

@@ -21,12 +21,11 @@ from pathlib import Path
 
 import torch
 from safetensors.torch import load_file, save
-from tqdm.auto import tqdm
 
-from mmpd_core import render
 from mmpd_core.checkpoint import atomic_write_bytes
 from mmpd_core.config import resolve
-from mmpd_core.data import prep
+from mmpd_core.data import render
+from mmpd_core.tracking import progress
 
 RGB, DEPTH = 0, 1
 
@@ -38,7 +37,7 @@ def shape_names(data_manifest: dict) -> list[str]:
 
 def load_view(data_manifest: dict, name: str, degrees: int, modality: int) -> torch.Tensor:
     """One rendered view as a (3, H, W) image in [0, 1]; depth maps become grey images."""
-    rgb_path, depth_path = prep.render_paths(resolve(data_manifest["renders"]), name, degrees)
+    rgb_path, depth_path = render.render_paths(resolve(data_manifest["renders"]), name, degrees)
     if modality == RGB:
         return render.load_png(rgb_path)
     return render.depth_to_rgb(render.load_depth_png(depth_path))
@@ -63,7 +62,7 @@ def image_features(teacher, data_manifest, names, degrees, batch_size: int) -> t
     """(S, V, 2, D) embeddings of the views at ``degrees`` of every shape, RGB and depth."""
     jobs = [(s, v, m) for s in range(len(names)) for v in range(len(degrees)) for m in (RGB, DEPTH)]
     out = None
-    for start in tqdm(range(0, len(jobs), batch_size), desc=f"cache {teacher.name}"):
+    for start in progress(range(0, len(jobs), batch_size), desc=f"cache {teacher.name}"):
         chunk = jobs[start : start + batch_size]
         images = torch.stack(
             [load_view(data_manifest, names[s], degrees[v], m) for s, v, m in chunk]
@@ -85,7 +84,7 @@ def text_features(teacher, captions: dict[str, list[str]], names, batch_size: in
     flat = [text for texts in padded for text in texts]
     chunks = [
         teacher.encode_texts(flat[i : i + batch_size]).float().cpu()
-        for i in tqdm(range(0, len(flat), batch_size), desc=f"cache {teacher.name}")
+        for i in progress(range(0, len(flat), batch_size), desc=f"cache {teacher.name}")
     ]
     feats = torch.cat(chunks).view(len(names), most, -1)  # (S, C, D)
     return feats, torch.tensor([len(captions[n]) for n in names])

@@ -1,0 +1,249 @@
+"""Downstream classification of any pretrained encoder (paper Section 5.1, Tables 3-11).
+
+Protocols (ReCon / ACT names):
+
+- ``full``: every parameter is trained, with the backbone's classification head, through the
+  engine (warmup + cosine AdamW, clipping, bf16, checkpoints, the dataset's augmentation per
+  step);
+- ``mlp3`` / ``linear``: the encoder is truly frozen (eval mode, so BatchNorm statistics do not
+  move) and the global feature of every un-augmented training cloud is computed once; the
+  backbone's head or one Linear layer is trained on those features. Upstream instead keeps the
+  encoder in train mode and also trains ``cls_token`` / ``cls_pos``; the frozen variant is the
+  cleaner protocol (REFERENCE, "ReCon and ACT").
+
+After full fine-tuning the BatchNorm statistics are recomputed over the training clouds
+(``refresh_batchnorm``). Voting (``full`` only): ``votes`` passes over the test set with the
+dataset's training augmentation (seeded), logits averaged; reported next to the plain
+accuracy, never a max over repeats. A head trained on features of un-augmented clouds has
+never seen augmented ones, so the frozen protocols report no voted accuracy. Model selection
+never sees the test set: the last epoch is reported. Accuracies are percentages everywhere in
+a record.
+
+``run_stage(cfg)`` runs a ``ClassificationStage``: every checkpoint x dataset x protocol of a
+table (``classification``, ``ablations``) or the one cell of ``finetune.ipynb``.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import math
+from pathlib import Path
+
+import pandas as pd
+import torch
+import torch.nn.functional as F
+from torch import nn
+from torch.optim.swa_utils import update_bn
+
+from mmpd_core import engine
+from mmpd_core.config import ClassificationStage, Recipe, resolve
+from mmpd_core.data import transforms
+from mmpd_core.data.datasets import dataset_family
+from mmpd_core.models import Backbone
+from mmpd_core.tasks.features import checkpoint_name, frozen_features, load_pretrained, splits
+from mmpd_core.tasks.metrics import accuracy, summarise
+from mmpd_core.tracking import progress
+
+AUGMENTS = {"scale_translate": transforms.scale_translate, "rotate_up": transforms.rotate_up}
+
+
+def augment(points: torch.Tensor, recipe: Recipe, generator: torch.Generator) -> torch.Tensor:
+    """The dataset's training augmentation of a batch (B, N, 3) (identity for 'none')."""
+    if recipe.augment == "none":
+        return points
+    return AUGMENTS[recipe.augment](points, generator=generator)
+
+
+# ---------------------------------------------------------------------------- frozen protocols
+
+
+def make_head(protocol: str, encoder: Backbone, num_classes: int) -> nn.Module:
+    """``linear``: parameter-free BatchNorm then one Linear layer (MAE's linear probe: the
+    normalisation only rescales features); ``mlp3``: the backbone's classification head."""
+    if protocol == "linear":
+        width = encoder.global_dim
+        return nn.Sequential(nn.BatchNorm1d(width, affine=False), nn.Linear(width, num_classes))
+    return encoder.make_head(num_classes)
+
+
+def train_head(
+    protocol: str, feats, labels, num_classes: int, encoder: Backbone, recipe: Recipe, seed: int
+) -> nn.Module:
+    """``make_head`` initialised from ``seed``, then full-batch AdamW with a cosine schedule on
+    cached features (frozen protocols); the head comes back in eval mode."""
+    torch.manual_seed(seed)
+    head = make_head(protocol, encoder, num_classes)
+    optimizer = torch.optim.AdamW(
+        head.parameters(), lr=recipe.head_lr, weight_decay=recipe.weight_decay
+    )
+    schedule = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, recipe.head_epochs)
+    head.train()
+    for _ in range(recipe.head_epochs):
+        loss = F.cross_entropy(head(feats), labels)
+        optimizer.zero_grad()
+        loss.backward()
+        optimizer.step()
+        schedule.step()
+    return head.eval()
+
+
+# ---------------------------------------------------------------------------- full protocol
+
+
+class ClassifierStep:
+    """``step_fn`` of full fine-tuning: augment, cross-entropy; logs the batch accuracy."""
+
+    def __init__(self, recipe: Recipe):
+        self.recipe = recipe
+
+    def __call__(self, model, batch, generator):
+        points = augment(batch["points"], self.recipe, generator)
+        logits = model(points)
+        loss = F.cross_entropy(logits, batch["label"])
+        return loss, {"acc": accuracy(logits.detach(), batch["label"])}
+
+
+def refresh_batchnorm(model: nn.Module, dataset, batch_size: int = 32, amp: str = "none") -> None:
+    """Recompute every BatchNorm's running statistics over the (un-augmented) training clouds
+    with the final weights (``torch.optim.swa_utils.update_bn``). A short schedule leaves the
+    running averages behind weights that moved fast; a freshly initialised encoder then
+    predicts one class in eval mode although it fits its training batches. ``amp`` as in
+    training (the statistics of the activations the model was trained on)."""
+    device = next(model.parameters()).device
+    loader = torch.utils.data.DataLoader(dataset, batch_size=batch_size)
+    with engine.autocast_context(device, engine.AMP_DTYPES[amp]):
+        update_bn((batch["points"].to(device) for batch in loader), model)
+
+
+def fine_tune(model, dataset, recipe: Recipe, *, seed: int, out_dir: Path, num_workers: int = 0):
+    """The ``full`` protocol: train every parameter with the recipe through the engine
+    (dvclive in ``out_dir/live``), then ``refresh_batchnorm``. The per-epoch checkpoints in
+    ``out_dir`` let a run killed part-way resume exactly; they are deleted when it finishes
+    (a table's grid holds hundreds of runs, a point_mae checkpoint with its optimizer state
+    is ~260 MB and only the accuracies are kept)."""
+    cfg = engine.config_from(
+        recipe, seed=seed, accumulation=1, num_workers=num_workers,
+        out_dir=str(out_dir), live_dir=str(out_dir / "live"),
+    )  # fmt: skip
+    result = engine.train(model, ClassifierStep(recipe), dataset, cfg, resume=True)
+    engine.remove_checkpoints(out_dir)
+    refresh_batchnorm(model, dataset, amp=recipe.amp)
+    return result
+
+
+@torch.no_grad()
+def predict(model: nn.Module, dataset, recipe: Recipe, *, votes: int, seed: int):
+    """Test logits without augmentation, and averaged over ``votes`` augmented passes."""
+    model.eval()
+    device = next(model.parameters()).device
+    generator = torch.Generator().manual_seed(seed)
+    plain, voted, labels = [], [], []
+    for batch in torch.utils.data.DataLoader(dataset, batch_size=64):
+        points = batch["points"].to(device)
+        with engine.autocast_context(device, engine.AMP_DTYPES[recipe.amp]):
+            plain.append(model(points).float())
+            passes = [model(augment(points, recipe, generator)).float() for _ in range(votes)]
+        voted.append(torch.stack(passes).mean(0) if passes else plain[-1])
+        labels.append(batch["label"].to(device))
+    return torch.cat(plain), torch.cat(voted), torch.cat(labels)
+
+
+# ---------------------------------------------------------------------------- one cell, a grid
+
+
+@dataclasses.dataclass(frozen=True)
+class Cell:
+    """One run of a grid: an encoder on a dataset under a protocol, over the grid's seeds."""
+
+    checkpoint: str
+    dataset: str  # modelnet40 | scanobjectnn/<subset>
+    protocol: str
+
+    @property
+    def tag(self) -> str:
+        """File-name tag: <dataset>[-<subset>]__<checkpoint>__<protocol>."""
+        data = self.dataset.replace("/", "-")
+        return f"{data}__{checkpoint_name(self.checkpoint).replace('/', '-')}__{self.protocol}"
+
+
+def cells(cfg: ClassificationStage) -> list[Cell]:
+    """Every (dataset, protocol, checkpoint) of a grid, in the order they run."""
+    return [
+        Cell(checkpoint, dataset, protocol)
+        for dataset in cfg.datasets
+        for protocol in cfg.protocols
+        for checkpoint in cfg.checkpoints
+    ]
+
+
+def run_seed(cfg: ClassificationStage, cell: Cell, seed: int, cache: dict) -> dict:
+    """One seed of one cell: train, then the test accuracy (and the voted one, full)."""
+    recipe = cfg.recipes[dataset_family(cell.dataset)]
+    data = splits(cfg.data_manifest, cell.dataset, recipe, cache)
+    train_set, test_set, classes = data
+    if cell.protocol != "full":
+        (feats, labels), (test_feats, test_labels), encoder = frozen_features(
+            cell.checkpoint, cfg.model, cell.dataset, recipe, data, cache
+        )
+        head = train_head(cell.protocol, feats, labels, classes, encoder, recipe, seed)
+        with torch.no_grad():
+            train_acc, acc = accuracy(head(feats), labels), accuracy(head(test_feats), test_labels)
+        return {"seed": seed, "acc": 100 * acc, "acc_vote": math.nan, "train_acc": 100 * train_acc}
+    model = load_pretrained(
+        cell.checkpoint, cfg.model, seed=seed, grouping=recipe.grouping,
+        num_classes=classes, drop_path_rate=recipe.drop_path_rate,
+    )  # fmt: skip
+    out_dir = resolve(cfg.out_dir) / cell.tag / f"seed{seed}"
+    result = fine_tune(model, train_set, recipe, seed=seed, out_dir=out_dir,
+                       num_workers=cfg.num_workers)  # fmt: skip
+    plain, voted, labels = predict(model, test_set, recipe, votes=cfg.votes, seed=seed)
+    return {
+        "seed": seed,
+        "acc": 100 * accuracy(plain, labels),
+        "acc_vote": 100 * accuracy(voted, labels),
+        "train_acc": 100 * result.final["train/acc"],
+        "wall_time_s": result.wall_time_s,
+    }
+
+
+def run_cell(cfg: ClassificationStage, cell: Cell, cache: dict) -> dict:
+    """Every seed of one cell; writes and returns ``<results_dir>/<tag>.json``."""
+    rows = [run_seed(cfg, cell, seed, cache) for seed in cfg.seeds]
+    name, _, subset = cell.dataset.partition("/")
+    result = {
+        "dataset": name,
+        "subset": subset,
+        "checkpoint": cell.checkpoint,  # as named in params (tables show checkpoint_name)
+        "protocol": cell.protocol,
+        "votes": cfg.votes,
+        "selection": "last epoch",
+        "recipe": dataclasses.asdict(cfg.recipes[dataset_family(cell.dataset)]),
+        "seeds": rows,
+        "n_seeds": len(rows),
+        **summarise(rows),
+    }
+    path = resolve(cfg.results_dir) / f"{cell.tag}.json"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(result, indent=2) + "\n")
+    return result
+
+
+def run_stage(cfg: ClassificationStage) -> pd.DataFrame:
+    """Every cell of the grid (a progress bar over cells); one row per cell, also written to
+    ``cfg.table`` (.csv, and .json keyed by tag for ``dvc metrics show``) unless it is ""."""
+    resolve(cfg.out_dir).mkdir(parents=True, exist_ok=True)  # a DVC output, even if unused
+    rows, cache, grid = [], {}, cells(cfg)
+    bar = progress(grid, desc="classification runs")
+    for cell in bar:
+        bar.set_postfix_str(cell.tag)
+        result = run_cell(cfg, cell, cache)
+        rows.append({k: v for k, v in result.items() if k not in ("recipe", "seeds")})
+    frame = pd.DataFrame(rows)
+    if cfg.table:
+        stem = resolve(cfg.table)
+        stem.parent.mkdir(parents=True, exist_ok=True)
+        frame.to_csv(stem.with_suffix(".csv"), index=False)
+        keyed = {cell.tag: row for cell, row in zip(grid, rows, strict=True)}
+        stem.with_suffix(".json").write_text(json.dumps(keyed, indent=2) + "\n")
+    return frame
