@@ -7,9 +7,24 @@ per library, and the feature cache), ``tasks/`` (classification, few-shot, zero-
 ``data/`` (the procedural benchmark, official-layout readers, renders, captions) and the
 plumbing: ``geometry``, ``layers``, ``engine``, ``checkpoint``, ``distributed``, ``config``,
 ``report``, ``viz``, ``tracking``, ``profiling``, ``cli``.
+
+The names below load ``models`` (and torch) on first use, so ``python -m mmpd_core.cli
+notebook``, which every DVC stage runs before its kernel imports torch, starts without it.
 """
 
-from mmpd_core.models import MODELS, Backbone, create_model, load_encoder
+from __future__ import annotations
+
+import importlib
 
 __all__ = ["MODELS", "Backbone", "create_model", "load_encoder"]
 __version__ = "0.1.0"
+
+
+def __getattr__(name: str):
+    if name in __all__:
+        return getattr(importlib.import_module("mmpd_core.models"), name)
+    raise AttributeError(f"module 'mmpd_core' has no attribute {name!r}")
+
+
+def __dir__() -> list[str]:
+    return sorted([*globals(), *__all__])

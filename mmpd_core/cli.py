@@ -7,7 +7,10 @@ other application layer). ``python -m mmpd_core.cli --help``.
 - ``zeroshot CLOUD --classes a,b,c``: rank class names for one point cloud (.ply/.npy/.txt)
   with a Stage-1 model;
 - ``stage1`` / ``stage2 [--variant NAME]``: pretraining from params.yaml, the entry points
-  for ``torchrun --nproc_per_node N -m mmpd_core.cli stage2`` (DDP).
+  for ``torchrun --nproc_per_node N -m mmpd_core.cli stage2`` (DDP);
+- ``prepare``: the data_prep stage's work; under ``torchrun`` the ranks share the rendering and
+  the BLIP-2 captioning (logged to ``data_prep.caption_cache``, which ``dvc repro data_prep``
+  then reuses instead of captioning again).
 """
 
 from __future__ import annotations
@@ -50,6 +53,20 @@ def pretrain_command(args) -> None:
     print(f"done: {result.final}")
 
 
+def prepare_command(args) -> None:
+    import torch.distributed as dist
+
+    from mmpd_core import config
+    from mmpd_core.data import prep
+
+    manifest = prep.run_stage(config.load("data_prep", smoke=args.smoke))
+    if dist.is_available() and dist.is_initialized():
+        dist.barrier()
+        dist.destroy_process_group()
+    if manifest is not None:
+        print(f"done: {manifest['files']} files, captions {manifest['captions']}")
+
+
 def notebook_command(args) -> None:
     from mmpd_core import runner
 
@@ -84,6 +101,9 @@ def main(argv=None) -> None:
     zs.add_argument("--top", type=int, default=5)
     zs.add_argument("--points", type=int, default=1024, help="FPS the cloud down to this many")
     zs.set_defaults(run=zeroshot_command)
+    pr = sub.add_parser("prepare", help="data_prep from params.yaml (torchrun: sharded)")
+    pr.add_argument("--smoke", action="store_true", default=None)
+    pr.set_defaults(run=prepare_command)
     for name in ("stage1", "stage2"):
         pre = sub.add_parser(name, help=f"{name} pretraining from params.yaml (torchrun: DDP)")
         pre.add_argument("--smoke", action="store_true", default=None)

@@ -77,9 +77,14 @@ class DataPrepStage:
     render_views: int
     render_elevation: float
     render_resolution: int
+    renders_dir: str  # "": render the shapes here; else ULIP's released renders (checked)
     captioner: Literal["templates", "blip2"]  # templates: from shape attributes / class names
     blip2_model: str  # hub id or local directory, for captioner "blip2"
     captions_per_shape: int
+    caption_selection: Literal["likelihood", "clip"]  # how BLIP-2 captions are chosen
+    caption_candidates: int  # BLIP-2 captions per view to choose from (selection "clip")
+    caption_clip: dict  # open_clip spec (model, pretrained) that scores them
+    caption_cache: str  # BLIP-2 captions logged as they are made: resumable, torchrun shards
     contact_sheet: str  # PNG of renders for a person to look at
 
 
@@ -94,6 +99,8 @@ class TeacherCacheStage:
     view_stride: int  # cache every view_stride-th rendered view (1: all)
     batch_size: int
     dtype: Literal["float16", "float32"]  # storage
+    num_workers: int  # DataLoader workers decoding the rendered views
+    amp: Literal["none", "bf16"]  # autocast of the teachers (GPU: bf16)
 
 
 @dataclass(frozen=True)
@@ -119,6 +126,7 @@ class Stage1Stage(Schedule):
     model: str  # a models.MODELS name (ignored when ``init`` names a run)
     init: str  # "": random initialisation; else a run (name or path) whose encoder starts here
     teachers: tuple[str, ...]  # names of cached teachers taking part (Table 11: one or all)
+    caption_top_k: int  # draw a shape's caption among its first k (0: all; paper: top-1)
     data_manifest: str
     cache_dir: str
     online: bool  # run the teachers in the loop instead of reading the cache
@@ -178,6 +186,8 @@ class Recipe(Schedule):
 
     __pydantic_config__ = STRICT
     num_points: int
+    fps_points: int  # >0: upstream's per-step input, a random num_points of an FPS of this many
+    vote: bool  # test-time voting on this family (upstream: ModelNet40 only)
     augment: Literal["scale_translate", "rotate_up", "none"]
     drop_path_rate: float
     head_epochs: int  # frozen protocols: full-batch epochs of the head on cached features
@@ -198,7 +208,7 @@ class ClassificationStage:
     datasets: tuple[str, ...]  # modelnet40 | scanobjectnn/<subset> (synthetic_*: embedded only)
     protocols: tuple[Protocol, ...]
     seeds: tuple[int, ...]
-    votes: int  # augmented test passes averaged (0: none); reported beside the plain accuracy
+    votes: int  # augmented test passes averaged where a recipe votes (0: none), beside the plain
     model: str  # architecture of ``scratch`` and upstream checkpoints
     data_manifest: str
     num_workers: int
@@ -269,6 +279,7 @@ class ZeroShotStage:
     data_manifest: str
     num_points: int
     batch_size: int
+    templates: Literal["mmpd20", "ulip64"]  # prompt templates (paper: ULIP's 64)
     out_dir: str
 
 
@@ -457,13 +468,22 @@ def validate(cls: type, values: dict, where: str):
 
 
 def load(
-    stage: str, *, smoke: bool | None = None, variant: str = "", params_path=None, **overrides
+    stage: str,
+    *,
+    smoke: bool | None = None,
+    variant: str = "",
+    profile: str | None = None,
+    params_path=None,
+    **overrides,
 ):
     """The config of ``stage`` (see the module docstring). ``smoke=None`` takes the top-level
-    ``smoke`` flag of params.yaml (how the DVC pipeline is shrunk for tests); overrides that
-    are None are ignored (unset notebook parameters)."""
+    ``smoke`` flag of params.yaml (how the DVC pipeline is shrunk for tests), ``profile=None``
+    its ``profile``; overrides that are None are ignored (unset notebook parameters)."""
     path = Path(params_path) if params_path else PARAMS_FILE
-    return _load(_Params(read_params(path), path), stage, smoke, variant, overrides)
+    data = read_params(path)
+    if profile is not None:  # instead of params.yaml's own (tools, tests)
+        data = {**data, "profile": profile}
+    return _load(_Params(data, path), stage, smoke, variant, overrides)
 
 
 def params_read(stage: str, *, variant: str = "", params_path=None) -> set[str]:

@@ -194,8 +194,25 @@ def seed_everything(seed: int) -> None:
     random.seed(seed)
 
 
+def default_device() -> torch.device:
+    """This process's GPU (its ``LOCAL_RANK`` under torchrun) when there is one, else the CPU."""
+    if not torch.cuda.is_available():
+        return torch.device("cpu")
+    return torch.device("cuda", world_info().local_rank)
+
+
+def seed_worker(worker_id: int) -> None:
+    """A DataLoader worker seeds numpy and random from its torch seed, which the loader
+    derives from the main process's RNG (re-seeded every epoch): augmentation drawn in a
+    worker is as reproducible as in the main process."""
+    seed = torch.initial_seed() % 2**32
+    np.random.seed(seed)  # noqa: NPY002 (the global state third-party code draws from)
+    random.seed(seed)
+
+
 def build_loader(dataset, cfg: TrainConfig, world: WorldInfo, collate_fn=None) -> DataLoader:
-    """Shuffled by (seed, epoch) via ``DistributedSampler``; batch_size // world_size per rank."""
+    """Shuffled by (seed, epoch) via ``DistributedSampler``; batch_size // world_size per rank;
+    workers seeded (``seed_worker``)."""
     if cfg.batch_size % world.world_size:
         raise ValueError(
             f"batch_size {cfg.batch_size} is not divisible by {world.world_size} ranks"
@@ -211,6 +228,7 @@ def build_loader(dataset, cfg: TrainConfig, world: WorldInfo, collate_fn=None) -
         collate_fn=collate_fn,
         drop_last=cfg.drop_last,
         pin_memory=torch.cuda.is_available(),
+        worker_init_fn=seed_worker if cfg.num_workers else None,
     )
 
 
@@ -490,7 +508,7 @@ def _run_epoch(run: _Run, step_fn, cfg: TrainConfig, epoch: int) -> dict:
         optimizer.zero_grad(set_to_none=True)
         norms.append(norm)
         bar.update()
-        bar.set_postfix(loss=f"{value:.4f}", lr=f"{lr:.2e}")
+        bar.set_postfix(loss=f"{value:.4f}", lr=f"{lr:.2e}", refresh=False)  # update() refreshes
     bar.close()
     means = {f"train/{k}": v / count for k, v in sums.items()}
     means["train/grad_norm"] = sum(norms) / len(norms)

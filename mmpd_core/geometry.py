@@ -6,11 +6,14 @@ imported anywhere; the semantics follow the upstream Point-MAE helpers (REFERENC
 
 from __future__ import annotations
 
+import contextlib
+
 import torch
 
 __all__ = [
     "ORIGIN_SKIP_SQ_NORM",
     "chamfer_distance",
+    "estimate_normals",
     "farthest_point_sample",
     "gather_points",
     "group",
@@ -52,23 +55,41 @@ def farthest_point_sample(
     <= 1e-3 are never selected and never update the running distance. ``skip_origin=False``
     gives plain FPS. A ``generator`` draws a random start index per cloud instead of 0
     (the dataset-time FPS of the upstream loaders).
+
+    On CPU the clouds run in chunks of about ``CPU_CHUNK_POINTS`` points, so that each of the
+    n steps works in cache (3x faster for 600 clouds of 4,096 points; the indices are the
+    same, every cloud being independent). On a GPU the whole batch runs at once.
     """
     _check_cloud(points)
     batch, num_points, _ = points.shape
     if not 0 < n <= num_points:
         raise ValueError(f"cannot sample {n} centres from clouds of {num_points} points")
     xyz = points.detach().float().transpose(1, 2).contiguous()  # (B, 3, N)
+    if generator is None:
+        start = torch.zeros(batch, dtype=torch.long, device=points.device)
+    else:
+        start = torch.randint(num_points, (batch,), generator=generator, device="cpu")
+        start = start.to(points.device)
+    chunk = max(1, CPU_CHUNK_POINTS // num_points) if points.device.type == "cpu" else batch
+    parts = [
+        _fps(xyz[i : i + chunk], start[i : i + chunk], n, skip_origin)
+        for i in range(0, batch, chunk)
+    ]
+    return parts[0] if len(parts) == 1 else torch.cat(parts)
+
+
+CPU_CHUNK_POINTS = 1 << 18  # clouds x points per FPS chunk on CPU (a few MB per step)
+
+
+def _fps(xyz: torch.Tensor, current: torch.Tensor, n: int, skip_origin: bool) -> torch.Tensor:
+    """The kernel's loop on clouds xyz (B, 3, N) from start indices (B,): indices (B, n)."""
+    batch, _, num_points = xyz.shape
     x, y, z = xyz[:, 0], xyz[:, 1], xyz[:, 2]  # each (B, N)
-    dist = torch.full((batch, num_points), 1e10, device=points.device)  # (B, N)
+    dist = torch.full((batch, num_points), 1e10, device=xyz.device)  # (B, N)
     if skip_origin:
         valid = (x * x + y * y + z * z) > ORIGIN_SKIP_SQ_NORM  # (B, N)
         dist.masked_fill_(~valid, -1.0)  # masked points never win the argmax and stay at -1
-    idx = torch.empty((batch, n), dtype=torch.long, device=points.device)
-    if generator is None:
-        current = torch.zeros(batch, dtype=torch.long, device=points.device)
-    else:
-        current = torch.randint(num_points, (batch,), generator=generator, device="cpu")
-        current = current.to(points.device)
+    idx = torch.empty((batch, n), dtype=torch.long, device=xyz.device)
     for step in range(n):
         idx[:, step] = current
         if step == n - 1:
@@ -92,13 +113,27 @@ def square_distance(src: torch.Tensor, dst: torch.Tensor) -> torch.Tensor:
     return (src_sq + dst_sq - 2.0 * cross).clamp_min_(0.0)
 
 
+def _autocast_off(device: torch.device):
+    """Autocast disabled on ``device`` (nothing to disable where autocast does not exist)."""
+    if device.type in AUTOCAST_DEVICES:
+        return torch.autocast(device_type=device.type, enabled=False)
+    return contextlib.nullcontext()
+
+
+AUTOCAST_DEVICES = ("cpu", "cuda", "xpu", "mps", "hpu")
+
+
 def knn(query: torch.Tensor, points: torch.Tensor, k: int) -> torch.Tensor:
-    """Indices (B, Q, k) of the k nearest ``points`` of each ``query``, nearest first."""
+    """Indices (B, Q, k) of the k nearest ``points`` of each ``query``, nearest first.
+
+    Always in float32, as upstream: under a bf16 autocast the distance matmul would otherwise
+    run in bf16 and change about 1.5 % of the neighbours of a 1024-point cloud."""
     _check_cloud(points)
     _check_cloud(query, "query")
     if k > points.shape[1]:
         raise ValueError(f"k={k} neighbours requested from clouds of {points.shape[1]} points")
-    dist = square_distance(query.float(), points.float())  # (B, Q, N)
+    with _autocast_off(points.device):
+        dist = square_distance(query.float(), points.float())  # (B, Q, N), float32
     return dist.topk(k, dim=-1, largest=False, sorted=True).indices  # (B, Q, k)
 
 
@@ -141,3 +176,22 @@ def chamfer_distance(pred: torch.Tensor, target: torch.Tensor, *, norm: int = 2)
         # sqrt(0) has an infinite gradient; the tiny floor keeps backprop finite.
         return (dist1.clamp_min(1e-12).sqrt().mean() + dist2.clamp_min(1e-12).sqrt().mean()) / 2
     raise ValueError(f"norm must be 1 or 2, got {norm}")
+
+
+def estimate_normals(points: torch.Tensor, k: int = 16, chunk: int = 2048) -> torch.Tensor:
+    """Unit normals (B, N, 3) of clouds (B, N, 3) by PCA: the direction of least variance of
+    each point's ``k`` nearest neighbours, turned away from the cloud's centroid. Neighbours
+    are searched ``chunk`` query points at a time (memory N x chunk per cloud)."""
+    _check_cloud(points)
+    normals = []
+    for cloud in points.float().split(1):  # (1, N, 3)
+        idx = torch.cat(
+            [knn(cloud[:, s : s + chunk], cloud, k) for s in range(0, cloud.shape[1], chunk)], 1
+        )  # (1, N, k)
+        neighbours = gather_points(cloud, idx)  # (1, N, k, 3)
+        centred = neighbours - neighbours.mean(dim=2, keepdim=True)  # (1, N, k, 3)
+        covariance = centred.transpose(-1, -2) @ centred  # (1, N, 3, 3)
+        normal = torch.linalg.eigh(covariance).eigenvectors[..., 0]  # (1, N, 3), least variance
+        outward = ((cloud - cloud.mean(dim=1, keepdim=True)) * normal).sum(-1, keepdim=True)
+        normals.append(torch.where(outward < 0, -normal, normal))
+    return torch.cat(normals)  # (B, N, 3)

@@ -119,30 +119,34 @@ class TransformerStack(nn.Module):
 class PatchTokenizer(nn.Module):
     """Mini-PointNet turning each group of K points into one token (upstream ``Encoder``).
 
+    Widths (h, 2h, 4h): upstream's h = 128 gives 3 -> 128 -> 256, then 512 -> 512 -> out.
     Conv1d(k=1) layers are stored as ``nn.Linear`` acting on channels-last points, which is
-    the same map. The 512->512 layer sees concat(global feature, point feature); its global
+    the same map. The 4h -> 4h layer sees concat(global feature, point feature); its global
     half is applied once per group instead of once per point (same result, ~25% fewer FLOPs).
     BatchNorm runs over all points of all groups, as BatchNorm1d on (B*G, C, K) does upstream.
     """
 
-    def __init__(self, out_dim: int):
+    def __init__(self, out_dim: int, hidden: int = 128):
         super().__init__()
+        self.widths = (hidden, 2 * hidden, 4 * hidden)
+        h1, h2, h4 = self.widths
         self.first_conv = nn.Sequential(
-            nn.Linear(3, 128), nn.BatchNorm1d(128), nn.ReLU(inplace=True), nn.Linear(128, 256)
+            nn.Linear(3, h1), nn.BatchNorm1d(h1), nn.ReLU(inplace=True), nn.Linear(h1, h2)
         )
         self.second_conv = nn.Sequential(
-            nn.Linear(512, 512), nn.BatchNorm1d(512), nn.ReLU(inplace=True), nn.Linear(512, out_dim)
+            nn.Linear(2 * h2, h4), nn.BatchNorm1d(h4), nn.ReLU(inplace=True), nn.Linear(h4, out_dim)
         )
 
     def forward(self, neighborhood: torch.Tensor) -> torch.Tensor:
         batch, groups, k, _ = neighborhood.shape
+        _, h2, h4 = self.widths
         points = neighborhood.reshape(batch * groups * k, 3)  # (BGK, 3)
-        feat = self.first_conv(points).view(batch * groups, k, 256)  # (BG, K, 256)
-        global_feat = feat.amax(dim=1)  # (BG, 256)
+        feat = self.first_conv(points).view(batch * groups, k, h2)  # (BG, K, 2h)
+        global_feat = feat.amax(dim=1)  # (BG, 2h)
         fuse = self.second_conv[0]
-        w_global, w_point = fuse.weight[:, :256], fuse.weight[:, 256:]  # (512, 256) each
+        w_global, w_point = fuse.weight[:, :h2], fuse.weight[:, h2:]  # (4h, 2h) each
         hidden = F.linear(feat, w_point).add_(F.linear(global_feat, w_global, fuse.bias)[:, None])
-        hidden = self.second_conv[2](self.second_conv[1](hidden.view(-1, 512)))  # (BGK, 512)
+        hidden = self.second_conv[2](self.second_conv[1](hidden.view(-1, h4)))  # (BGK, 4h)
         tokens = self.second_conv[3](hidden).view(batch * groups, k, -1).amax(dim=1)  # (BG, C)
         return tokens.view(batch, groups, -1)  # (B, G, C)
 

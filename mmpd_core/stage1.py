@@ -65,16 +65,20 @@ class Stage1Step:
     def indices(self, names) -> torch.Tensor:
         return torch.tensor([self.position[n] for n in names])
 
-    def align_loss(self, feats: dict, names, scales: dict, generator) -> tuple[torch.Tensor, dict]:
+    def align_loss(
+        self, feats: dict, names, scales: dict, generator, *, gather: bool = True
+    ) -> tuple[torch.Tensor, dict]:
         """Eq. (3) for 3D embeddings ``feats`` of the shapes ``names``, with drawn targets.
 
-        Under DDP, features and targets are gathered so every rank sees the global batch's
-        negatives (the gather keeps the gradient of the local part).
+        In training under DDP (``gather``), features and targets are gathered so every rank
+        sees the global batch's negatives (the gather keeps the gradient of the local part).
+        Evaluation runs on rank 0 alone and must pass ``gather=False``: a collective there
+        would wait for ranks that never join.
         """
         device = next(iter(feats.values())).device
         wanted = self.targets.draw(self.indices(names), generator)
         wanted = {k: v.to(device) for k, v in wanted.items()}
-        if dist.is_available() and dist.is_initialized():
+        if gather and dist.is_available() and dist.is_initialized():
             feats = {k: torch.cat(dist_nn.all_gather(v)) for k, v in feats.items()}
             wanted = {k: torch.cat(dist_nn.all_gather(v)).detach() for k, v in wanted.items()}
         total, terms = stage1_loss(feats, wanted, scales)
@@ -85,7 +89,10 @@ class Stage1Step:
 
     def __call__(self, model, batch, generator):
         module = getattr(model, "module", model)  # DDP wraps the model
-        return self.align_loss(model(batch["points"]), batch["name"], module.scales(), generator)
+        feats = model(batch["points"])
+        return self.align_loss(
+            feats, batch["name"], module.scales(), generator, gather=model.training
+        )
 
 
 def _top1(a: torch.Tensor, b: torch.Tensor) -> float:
@@ -99,11 +106,12 @@ def retrieval_accuracy(model: Stage1Model, loader, targets: TargetSource) -> dic
     """Held-out 3D -> teacher top-1 retrieval: each shape against every other held-out shape,
     using view 0 in RGB for image teachers and the first caption for text teachers."""
     model.eval()
+    device = next(model.parameters()).device
     feats, wanted = {}, {}
     position = {name: i for i, name in enumerate(targets.names)}
     for batch in loader:
         indices = torch.tensor([position[n] for n in batch["name"]])
-        out = model(batch["points"])
+        out = model(batch["points"].to(device))
         targets_now = targets.fixed(indices)
         for name in out:
             feats.setdefault(name, []).append(out[name].cpu())
@@ -127,12 +135,15 @@ def target_source(cfg: Stage1Stage, data_manifest: dict) -> tuple[TargetSource, 
     cache_manifest = json.loads((resolve(cfg.cache_dir) / "manifest.json").read_text())
     specs = {n: cache_manifest["teachers"][n]["spec"] for n in cfg.teachers}
     if not cfg.online:
-        return TargetSource.from_cache(TeacherCache(resolve(cfg.cache_dir), cfg.teachers)), specs
-    from mmpd_core.teachers import build_teacher
+        source = TargetSource.from_cache(TeacherCache(resolve(cfg.cache_dir), cfg.teachers))
+    else:
+        from mmpd_core.teachers import build_teacher
 
-    teachers = [build_teacher(specs[n]) for n in cfg.teachers]
-    degrees = cache_manifest["views_degrees"]  # the same views as the cache
-    return TargetSource.online(teachers, data_manifest, degrees), specs
+        teachers = [build_teacher(specs[n]) for n in cfg.teachers]
+        degrees = cache_manifest["views_degrees"]  # the same views as the cache
+        source = TargetSource.online(teachers, data_manifest, degrees)
+    source.caption_top_k = cfg.caption_top_k
+    return source, specs
 
 
 def run_stage(cfg: Stage1Stage, *, resume: bool = False) -> engine.TrainResult:

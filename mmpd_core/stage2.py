@@ -230,8 +230,8 @@ class Stage2Step:
             terms["global"] = global_distillation_loss(out["global"], targets["global"])
         if self.align is not None:
             terms["align"], align_metrics = self.align.align_loss(
-                out["embeddings"], batch["name"], module.scales(), generator
-            )
+                out["embeddings"], batch["name"], module.scales(), generator, gather=model.training
+            )  # evaluation runs on rank 0 alone: no collective there
             metrics.update(align_metrics)
         metrics.update({f"loss_{name}": term.item() for name, term in terms.items()})
         return stage2_loss(terms), metrics

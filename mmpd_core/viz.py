@@ -30,16 +30,16 @@ def panel(cfg: TsneStage, checkpoint: str, cache: dict) -> dict:
     and cosine in feature space). ``correct_only`` keeps the test clouds a linear head trained
     on the frozen training features classifies correctly."""
     recipe = cfg.recipes[dataset_family(cfg.dataset)]
-    data = splits(cfg.data_manifest, cfg.dataset, recipe, cache)
+    data = splits(cfg.data_manifest, cfg.dataset, recipe.num_points, cache)
     (train_x, train_y), (test_x, test_y), encoder = frozen_features(
         checkpoint, cfg.model, cfg.dataset, recipe, data, cache
     )
-    keep = torch.ones(len(test_y), dtype=torch.bool)
+    keep = torch.ones(len(test_y), dtype=torch.bool, device=test_y.device)
     if cfg.correct_only:
         head = train_head("linear", train_x, train_y, data[2], encoder, recipe, cfg.seed)
         with torch.no_grad():
             keep = head(test_x).argmax(1) == test_y
-    feats, labels = test_x[keep].numpy(), test_y[keep].numpy()
+    feats, labels = test_x[keep].cpu().numpy(), test_y[keep].cpu().numpy()
     points = embed(feats, seed=cfg.seed, perplexity=cfg.perplexity)
     return {
         "checkpoint": checkpoint,

@@ -1,6 +1,8 @@
 """The BLIP-2 captioning path, on a tiny random BLIP-2 saved with ``save_pretrained`` and loaded
 back through ``load_captioner`` (no weights are downloaded)."""
 
+import dataclasses
+import json
 import re
 
 import pytest
@@ -227,3 +229,75 @@ def test_data_prep_selects_blip2(tiny_dir, tmp_path):
     from_blip2 = [n for n, v in texts.items() if all(n.split("-")[0] not in c for c in v)]
     assert len(from_blip2) > 10
     assert manifest["config"]["captioner"] == "blip2"
+
+
+def test_rank_by_clip_keeps_each_views_best_candidate_then_ranks_the_views():
+    candidates = [["a chair", "a red chair", ""], ["a table", "a red chair", "a lamp"]]
+    scores = torch.tensor([[0.1, 0.3, 0.9], [0.2, 0.25, 0.5]])  # the empty one never wins
+    assert blip2.rank_by_clip(candidates, scores, 5) == ["a lamp", "a red chair"]
+    assert blip2.rank_by_clip(candidates, scores, 1) == ["a lamp"]
+    with pytest.raises(ValueError, match="top_k"):
+        blip2.rank_by_clip(candidates, scores, 0)
+
+
+def test_clip_selection_scores_every_beam_of_every_view(captioner, tmp_path):
+    from test_teachers import save_tiny_clip_dir
+
+    from mmpd_core.teachers import build_teacher
+
+    scorer = build_teacher(
+        {"name": "c", "type": "open_clip", "model": save_tiny_clip_dir(tmp_path)}
+    )
+    shapes = [views(3, seed=1), views(2, seed=2)]
+    out = blip2.caption_shapes(
+        captioner, shapes, top_k=2, max_new_tokens=6, num_beams=2, progress=False,
+        selection="clip", candidates=3, scorer=scorer,
+    )  # fmt: skip
+    assert [len(r) for r in out] == [min(2, len(r)) for r in out] and all(out)
+    for shape, ranked in zip(shapes, out, strict=True):  # by hand: beams, scores, ranking
+        texts = blip2.caption_images(
+            captioner, shape, max_new_tokens=6, num_beams=3, num_return_sequences=3
+        )
+        rows = [texts[i * 3 : (i + 1) * 3] for i in range(len(shape))]
+        expected = blip2.rank_by_clip(rows, blip2.clip_scores(scorer, list(shape), rows), 2)
+        assert ranked == expected
+    with pytest.raises(ValueError, match="scorer"):
+        blip2.caption_shapes(captioner, shapes, selection="clip", candidates=2)
+
+
+def test_captioning_is_sharded_and_resumes_where_it_stopped(tiny_dir, tmp_path, monkeypatch):
+    from test_prep import tiny_config as prep_config
+
+    from mmpd_core.data import captioning, prep
+
+    cfg = prep_config(tmp_path, captioner="blip2", blip2_model=str(tiny_dir))
+    cfg = dataclasses.replace(cfg, caption_cache=str(tmp_path / "captions"))
+    manifest = prep.run_stage(cfg)  # every shape captioned, logged by rank 0 of 1
+    names = list(json.loads(prep.resolve(manifest["captions"]).read_text()))
+    renders = prep.resolve(manifest["renders"])
+    degrees = manifest["views_degrees"]
+    folder = next((tmp_path / "captions").iterdir())
+    assert captioning.merge(folder, names).keys() == set(names)
+    fresh = tmp_path / "again"  # two ranks, the second killed after one batch, then resumed
+    calls, real = [], blip2.caption_shapes
+
+    def dies_after_one_batch(*args, **kwargs):
+        if len(calls) == 1:
+            raise KeyboardInterrupt
+        calls.append(1)
+        return real(*args, **kwargs)
+
+    assert captioning.caption_shard(cfg, renders, names, degrees, fresh, rank=0, world_size=2)
+    monkeypatch.setattr(blip2, "caption_shapes", dies_after_one_batch)
+    with pytest.raises(KeyboardInterrupt):
+        captioning.caption_shard(cfg, renders, names, degrees, fresh, rank=1, world_size=2)
+    monkeypatch.setattr(blip2, "caption_shapes", real)
+    with pytest.raises(RuntimeError, match="no captions yet for"):
+        captioning.merge(fresh, names)
+    before = captioning.read_logs(fresh)
+    left = len(names[1::2]) - captioning.SHAPES_PER_BATCH
+    assert captioning.caption_shard(cfg, renders, names, degrees, fresh) == left  # the rest only
+    merged = captioning.merge(fresh, names)
+    assert list(merged) == names and all(merged.values())
+    assert all(merged[n] == c for n, c in before.items())  # logged work is kept, not redone
+    assert len(list(fresh.glob("part-*.jsonl"))) == 3  # 0of2, 1of2, then 0of1

@@ -18,7 +18,8 @@ from mmpd_core.tasks import classification, features, fewshot, metrics
 
 SMALL = PointMAEConfig(trans_dim=32, depth=1, num_heads=2, num_groups=16, group_size=16)
 RECIPE = config.Recipe(
-    num_points=256, augment="scale_translate", epochs=3, batch_size=8, lr=1e-3,
+    num_points=256, fps_points=0, vote=True, augment="scale_translate", epochs=3, batch_size=8,
+    lr=1e-3,
     weight_decay=0.05, warmup_epochs=0, min_lr=1e-6, grad_clip=10.0, drop_path_rate=0.0,
     amp="none", head_epochs=150, head_lr=1e-2, grouping={"point_mae": {"num_groups": 16}},
 )  # fmt: skip
@@ -53,6 +54,29 @@ def test_frozen_encoder_features_are_deterministic_and_a_head_separates_classes(
     mlp3 = classification.make_head("mlp3", encoder.to("meta"), 3)  # needs no weights
     assert [type(m).__name__ for m in mlp3][:2] == ["Linear", "BatchNorm1d"]
     assert not any(p.requires_grad for p in head[0].parameters())  # the probe's BN has none
+
+
+def test_feature_memo_runs_the_encoder_once_per_distinct_cloud(monkeypatch):
+    encoder = PointMAE(SMALL)
+    points, labels = clouds(4)  # 12 clouds
+    episode_a = CloudDataset(points[:8], labels[:8], 256)
+    episode_b = CloudDataset(points[4:], labels[4:] + 1, 256)  # 4 shared clouds, new labels
+    memo, seen = features.FeatureMemo(encoder, amp="none"), []
+    extract = features.extract_features
+    monkeypatch.setattr(
+        features,
+        "extract_features",
+        lambda enc, data, **kw: seen.append(len(data)) or extract(enc, data, **kw),
+    )
+    feats_a, labels_a = memo(episode_a)
+    feats_b, labels_b = memo(episode_b)
+    assert seen == [8, 4]  # the second episode computes only its 4 new clouds
+    direct_b, _ = extract(encoder, episode_b, amp="none")
+    torch.testing.assert_close(feats_b, direct_b)
+    torch.testing.assert_close(feats_a[4:], feats_b[:4])
+    assert (
+        labels_a.tolist() == labels[:8].tolist() and labels_b.tolist() == (labels[4:] + 1).tolist()
+    )
 
 
 def test_votes_average_augmented_passes_and_never_take_a_max():
@@ -280,3 +304,49 @@ def test_batchnorm_statistics_are_recomputed_over_the_training_clouds():
     torch.testing.assert_close(bn.running_mean, expected_mean, rtol=1e-4, atol=1e-7)
     torch.testing.assert_close(bn.running_var, expected_var, rtol=1e-3, atol=1e-9)
     assert model.training  # the mode it had (update_bn restores it)
+
+
+def test_upstream_resampling_takes_a_random_subset_of_an_fps_of_the_shuffled_cloud():
+    """Point-MAE's runner: shuffle each cloud, FPS of 1200 (here 40) from the first shuffled
+    point, then one random choice of 1024 (here 16) of those for the whole batch."""
+    from mmpd_core.geometry import farthest_point_sample, gather_points
+
+    recipe = dataclasses.replace(RECIPE, num_points=16, fps_points=40)
+    points = torch.from_numpy(clouds(1, 2, channels=3)[0])  # (2, 256, 3)
+    out = classification.resample(points, recipe, torch.Generator().manual_seed(5))
+    generator = torch.Generator().manual_seed(5)  # the same draws, by hand
+    order = torch.rand(2, 256, generator=generator).argsort(dim=1)
+    shuffled = gather_points(points, order)
+    fps = farthest_point_sample(shuffled, 40)
+    keep = torch.randperm(40, generator=generator)[:16]
+    assert torch.equal(out, gather_points(shuffled, fps[:, keep]))
+    again = classification.resample(points, recipe, torch.Generator().manual_seed(5))
+    other = classification.resample(points, recipe, torch.Generator().manual_seed(6))
+    assert torch.equal(out, again) and not torch.equal(out, other)
+    stored = {tuple(p) for p in points[0].tolist()}
+    assert out.shape == (2, 16, 3) and all(tuple(p) in stored for p in out[0].tolist())
+
+
+def test_votes_draw_fresh_subsets_of_the_test_clouds_fps_sample():
+    from mmpd_core.geometry import farthest_point_sample, gather_points
+
+    recipe = dataclasses.replace(RECIPE, fps_points=100, num_points=64)
+    model = PointMAE(dataclasses.replace(SMALL, num_classes=3, num_groups=8)).eval()
+    raw, labels = clouds(1)
+    sampled = CloudDataset(raw, labels, 64, sampling="fps", normalize=False)
+    stored = CloudDataset(raw, labels, 256, normalize=False)
+    plain, voted, _ = classification.predict(model, sampled, recipe, votes=2, seed=3, stored=stored)
+    full = stored.points[:, :256]
+    fps = farthest_point_sample(full, 100)
+    generator, passes = torch.Generator().manual_seed(3), []
+    with torch.no_grad():
+        for _ in range(2):
+            keep = torch.randperm(100, generator=generator)[:64]
+            drawn = gather_points(full, fps[:, keep])
+            passes.append(model(classification.augment(drawn, recipe, generator)))
+        torch.testing.assert_close(
+            plain, model(torch.stack([sampled[i]["points"] for i in range(3)]))
+        )
+    torch.testing.assert_close(voted, torch.stack(passes).mean(0))
+    with pytest.raises(ValueError, match="stored clouds"):
+        classification.predict(model, sampled, recipe, votes=2, seed=3)

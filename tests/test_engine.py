@@ -252,3 +252,36 @@ def test_two_gloo_ranks_match_one_process(tmp_path):
     distributed_history = meta["extra"]["metrics"]
     for key in ("train/loss", "train/accuracy", "train/grad_norm", "lr"):
         assert distributed_history[key] == pytest.approx(single.final[key], abs=1e-9)
+
+
+class NumpyNoise(torch.utils.data.Dataset):
+    """Draws from numpy's global RNG in __getitem__, as third-party augmentations do."""
+
+    def __len__(self):
+        return 8
+
+    def __getitem__(self, index):
+        import numpy as np
+
+        return torch.tensor([index, np.random.rand()])  # noqa: NPY002
+
+
+def test_loader_workers_are_seeded_from_the_epoch():
+    from mmpd_core.distributed import WorldInfo
+    from mmpd_core.engine import TrainConfig, build_loader, seed_everything
+
+    cfg = TrainConfig(
+        epochs=1, batch_size=4, lr=1e-3, weight_decay=0.0, warmup_epochs=0, min_lr=0.0,
+        grad_clip=0.0, accumulation=1, amp="none", seed=0, num_workers=2, out_dir="x",
+        live_dir="y", eval_every=0,
+    )  # fmt: skip
+
+    def epoch(seed):
+        seed_everything(seed)
+        loader = build_loader(NumpyNoise(), cfg, WorldInfo(0, 1, 0))
+        loader.sampler.set_epoch(0)
+        return torch.cat(list(loader))
+
+    a, b, c = epoch(1), epoch(1), epoch(2)
+    assert torch.equal(a, b) and not torch.equal(a, c)
+    assert a[:, 1].unique().numel() == 8  # workers draw different numbers

@@ -63,6 +63,26 @@ def test_fps_random_start_uses_generator():
         assert a[i].tolist() == fps_kernel_reference(clouds[i].numpy(), 10, start=int(starts[i]))
 
 
+@pytest.mark.parametrize("generator", [None, 5])
+def test_fps_cpu_chunks_match_one_pass(monkeypatch, generator):
+    """Chunks of 3 clouds (CPU_CHUNK_POINTS / 100 points; the last chunk holds 1) give the
+    indices of the one-pass loop, random starts included."""
+    from mmpd_core import geometry
+
+    clouds = unit_sphere_cloud(7, 100, seed=4)
+
+    def run():
+        g = None if generator is None else torch.Generator().manual_seed(generator)
+        return farthest_point_sample(clouds, 12, generator=g)
+
+    whole = run()
+    monkeypatch.setattr(geometry, "CPU_CHUNK_POINTS", 300)
+    chunked = run()
+    assert torch.equal(chunked, whole)
+    start = int(whole[3, 0])
+    assert chunked[3].tolist() == fps_kernel_reference(clouds[3].numpy(), 12, start=start)
+
+
 def test_fps_rejects_bad_input():
     with pytest.raises(ValueError, match=r"\(B, N, 3\)"):
         farthest_point_sample(torch.zeros(10, 3), 4)
@@ -120,3 +140,29 @@ def test_chamfer_matches_brute_force_and_has_gradients():
     expected = d.min(2).values.mean() + d.min(1).values.mean()
     assert torch.allclose(chamfer_distance(pred, target), expected)
     assert torch.autograd.gradcheck(lambda p: chamfer_distance(p, target, norm=1), (pred,))
+
+
+def test_knn_is_float32_under_bf16_autocast():
+    """Upstream computes neighbours in float32; under autocast the distance matmul would run
+    in bf16 and change about 1.5 % of the neighbours of 8 x 1024 points."""
+    from mmpd_core.geometry import knn
+
+    points = unit_sphere_cloud(8, 1024, seed=3)
+    centers = points[:, ::16]  # (8, 64, 3)
+    exact = knn(centers, points, 32)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        assert torch.equal(knn(centers, points, 32), exact)
+        from mmpd_core.geometry import square_distance
+
+        rough = square_distance(centers, points).topk(32, dim=-1, largest=False).indices
+    assert not torch.equal(rough, exact)  # what the guard prevents
+
+
+def test_estimated_normals_of_a_sphere_point_outward():
+    from mmpd_core.geometry import estimate_normals
+
+    points = torch.randn(2, 2000, 3, generator=torch.Generator().manual_seed(0))
+    points = points / points.norm(dim=-1, keepdim=True)
+    normals = estimate_normals(points, k=16, chunk=300)  # chunks give the same neighbours
+    assert torch.allclose(normals.norm(dim=-1), torch.ones(2, 2000), atol=1e-5)
+    assert (normals * points).sum(-1).min() > 0.98

@@ -2,6 +2,8 @@
 
 import ast
 import json
+import subprocess
+import sys
 
 import pytest
 from conftest import REPO_ROOT
@@ -25,3 +27,14 @@ def test_notebook_is_clean_and_parameterised(path):
         tree = ast.parse("".join(cell["source"]))
         defs = [n for n in ast.walk(tree) if isinstance(n, ast.FunctionDef | ast.ClassDef)]
         assert not defs, "notebooks call mmpd_core; functions and classes belong in the library"
+
+
+def test_stage_runner_starts_without_torch():
+    """Every DVC stage runs ``python -m mmpd_core.cli notebook``: the launcher must not import
+    torch (about 2 s per stage on 2 cores; the kernel imports it anyway), while the package's
+    top-level names still resolve on first use."""
+    probe = (
+        "import sys, mmpd_core.cli, mmpd_core.runner; assert 'torch' not in sys.modules;"
+        "from mmpd_core import create_model; assert 'torch' in sys.modules"
+    )
+    subprocess.run([sys.executable, "-c", probe], check=True, cwd=REPO_ROOT)

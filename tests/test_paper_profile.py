@@ -23,6 +23,19 @@ def surface(category: str, index: int, points: int, normals: bool = False) -> np
     return np.concatenate([cloud, np.zeros_like(cloud)], 1) if normals else cloud
 
 
+def write_modelnet40_download(root, classes):
+    """ModelNet40 as most users have it (Point-BERT / Point-MAE DATASET.md): the class names,
+    the two split lists and ``modelnet40_{train,test}_8192pts_fps.dat``; no per-shape text."""
+    root.mkdir(parents=True)
+    (root / readers.MODELNET_SHAPE_NAMES).write_text("\n".join(classes) + "\n")
+    for part, indices in (("train", range(4)), ("test", range(4, 6))):
+        ids = [f"{name}_{i + 1:04d}" for name in classes for i in indices]
+        (root / f"modelnet40_{part}.txt").write_text("\n".join(ids) + "\n")
+        clouds = [surface(name, 50 + i, 8192, normals=True) for name in classes for i in indices]
+        labels = [c for c, _ in enumerate(classes) for _ in indices]
+        readers.write_modelnet40_dat(readers.modelnet40_dat_path(root, part, 8192), clouds, labels)
+
+
 def write_real_datasets(root):
     """A few shapes of every dataset, in the layouts the upstream loaders read."""
     clouds = {
@@ -35,12 +48,7 @@ def write_real_datasets(root):
         split["test" if name.endswith("4.npy") else "train"][name] = cloud
     readers.write_shapenet55(root / prep.SHAPENET, split)
     classes = list(CATEGORIES[:5])
-    shapes = {"train": {}, "test": {}}
-    for name in classes:
-        for i in range(6):
-            part = "train" if i < 4 else "test"
-            shapes[part][f"{name}_{i + 1:04d}"] = surface(name, 50 + i, 1100, normals=True)
-    readers.write_modelnet40(root / prep.MODELNET, classes, shapes)
+    write_modelnet40_download(root / prep.MODELNET, classes)
     for fold in range(2):
         episode = {
             part: [
@@ -86,6 +94,7 @@ def paper_repo(tmp_path_factory):
         smoke=True,
         **{
             "data_prep.paper.blip2_model": str(assets / "blip2"),
+            "data_prep.paper.caption_clip": {"model": clip},
             "teacher_cache.paper.teachers": teachers,
         },
     )
@@ -100,6 +109,10 @@ def test_paper_profile_runs_the_whole_dag(paper_repo):
     manifest = json.loads((paper_repo / "data/prepared/manifest.json").read_text())
     assert manifest["config"]["source"] == "real" and manifest["config"]["captioner"] == "blip2"
     assert manifest["roots"]["modelnet40"].endswith("data/real/modelnet40_normal_resampled")
+    modelnet = paper_repo / "data/real/modelnet40_normal_resampled"
+    assert not list(modelnet.glob("*/*.txt"))  # the .dat download alone is enough
+    assert manifest["counts"]["modelnet40"]["test"] == {c: 2 for c in CATEGORIES[:5]}
+    assert list((paper_repo / "data/caption_cache").glob("*/part-0of1.jsonl"))
     cache = json.loads((paper_repo / "data/teacher_cache/manifest.json").read_text())
     assert set(cache["teachers"]) == {"clip_image", "clip_text", "dinov2"}
     encoder = json.loads((paper_repo / "reports/results/classification.json").read_text())

@@ -2,6 +2,7 @@ import json
 
 import numpy as np
 import pytest
+import torch
 
 from mmpd_core import config
 from mmpd_core.data import datasets, prep, readers, render
@@ -33,6 +34,7 @@ def tiny_config(tmp_path, name="out", **overrides):
         smoke=False,
         out_dir=str(tmp_path / name),
         contact_sheet=str(tmp_path / f"{name}_sheet.png"),
+        caption_cache=str(tmp_path / f"{name}_captions"),
         **{**TINY, **overrides},
     )
 
@@ -123,3 +125,33 @@ def test_missing_real_dataset_names_the_file(tmp_path):
     cfg = tiny_config(tmp_path, source="real", real_root=str(tmp_path / "nowhere"))
     with pytest.raises(FileNotFoundError, match=r"nowhere/ShapeNet55-34/ShapeNet-55/train\.txt"):
         prep.run_stage(cfg)
+
+
+def test_real_shapes_are_rendered_whole_normalised_and_shaded(tmp_path):
+    """The teachers should see a ShapeNet cloud as the encoder does: all its stored points,
+    on the unit sphere, shaded with estimated normals (not 2,048 raw points, flat)."""
+    rng = np.random.default_rng(1)
+    cloud = (rng.normal(size=(3000, 3)) * [3.0, 1.0, 0.5] + 7.0).astype(np.float32)
+    readers.write_shapenet55(tmp_path, {"train": {"02691156-x.npy": cloud}})
+    points, normals, colors = prep._surfaces(tmp_path, ["02691156-x.npy"], {}, "cpu")
+    assert points.shape == (1, 3000, 3) and colors is None
+    assert torch.allclose(points.mean(1), torch.zeros(1, 3), atol=1e-5)
+    assert points.norm(dim=-1).max().item() == pytest.approx(1.0)
+    assert torch.allclose(normals.norm(dim=-1), torch.ones(1, 3000), atol=1e-4)
+
+
+def test_released_ulip_renders_are_checked_and_used_as_they_are(embedded, tmp_path):
+    _, manifest = embedded
+    ulip = config.resolve(manifest["renders"])  # a folder in the ULIP layout
+    again = tiny_config(tmp_path, "ulip", renders_dir=str(ulip))
+    used = prep.run_stage(again)
+    assert config.resolve(used["renders"]) == ulip
+    assert not (tmp_path / "ulip" / prep.SHAPENET / "renders").exists()  # nothing rendered
+    name = next(iter(json.loads(config.resolve(used["captions"]).read_text())))
+    missing = render.render_paths(ulip, name, manifest["views_degrees"][1])[1]
+    moved = missing.rename(missing.with_suffix(".bak"))
+    try:
+        with pytest.raises(FileNotFoundError, match=f"1 rendered views missing, e.g. {missing}"):
+            prep.run_stage(tiny_config(tmp_path, "ulip2", renders_dir=str(ulip)))
+    finally:
+        moved.rename(missing)

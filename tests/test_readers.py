@@ -186,6 +186,24 @@ def test_modelnet40_dat_roundtrip(tmp_path):
     assert item["label"] == 39
 
 
+def test_the_largest_cached_dat_is_found_without_the_text_files(tmp_path):
+    """The standard download has only modelnet40_{split}_8192pts_fps.dat: it is found and
+    read whatever the number of points a recipe needs, and the text files are never asked for."""
+    from mmpd_core.data.datasets import modelnet40_split
+
+    assert readers.find_modelnet40_dat(tmp_path, "test") is None
+    for count in (1024, 8192):
+        points = [cloud(40, 6, count), cloud(40, 6, count + 1)]
+        readers.write_modelnet40_dat(
+            readers.modelnet40_dat_path(tmp_path, "test", count), points, [0, 1]
+        )
+    found = readers.find_modelnet40_dat(tmp_path, "test")
+    assert found.name == "modelnet40_test_8192pts_fps.dat"
+    data = modelnet40_split(tmp_path, "test", 16)
+    assert len(data) == 2 and data[0]["points"].shape == (16, 3) and data.points.shape[1] == 40
+    assert modelnet40_split(tmp_path, "test", None)[1]["points"].shape == (40, 3)  # as stored
+
+
 def test_modelnet40_dat_errors_name_the_file(tmp_path):
     path = readers.write_modelnet40_dat(tmp_path / "m.dat", [cloud(32, 6)], [1])
     path.write_bytes(path.read_bytes()[:-40])

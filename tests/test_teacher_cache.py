@@ -1,4 +1,5 @@
 import json
+from pathlib import Path
 
 import pytest
 import torch
@@ -110,3 +111,62 @@ def test_stage1_step_learns_on_cached_targets(data, tmp_path):
     assert set(metrics) >= {"loss_img", "loss_txt", "batch_top1_img"}
     assert losses[-1] < losses[0]
     assert json.loads((tmp_path / "manifest.json").read_text())["shapes"] == targets.names
+
+
+def test_every_image_teacher_in_one_pass_decodes_each_view_once(data, tmp_path, monkeypatch):
+    from mmpd_core.teachers import cache as cache_module
+
+    _, manifest = data
+    loads = []
+    original = cache_module.load_view
+    monkeypatch.setattr(
+        cache_module, "load_view", lambda *a: loads.append(a) or original(*a)
+    )  # counts every decoded image
+    one, two = FakeImageTeacher("a"), FakeImageTeacher("b", version=3)
+    build_cache([one, two], manifest, tmp_path / "both", batch_size=16, dtype=torch.float32)
+    assert len(loads) == 40 * 3 * 2  # shapes x views x (RGB, depth): once, not once per teacher
+    alone = build_cache([FakeImageTeacher("a")], manifest, tmp_path / "a", dtype=torch.float32)
+    assert (
+        alone["teachers"]["a"]["file_sha256"]
+        == json.loads((tmp_path / "both/manifest.json").read_text())["teachers"]["a"]["file_sha256"]
+    )  # the same features as a pass of its own
+    workers = build_cache(
+        [FakeImageTeacher("a")], manifest, tmp_path / "w", dtype=torch.float32, num_workers=2
+    )
+    assert workers["teachers"]["a"]["file_sha256"] == alone["teachers"]["a"]["file_sha256"]
+
+
+def test_the_cache_is_memory_mapped_not_copied(data, tmp_path):
+    from safetensors.torch import load_file
+
+    from mmpd_core.teachers.cache import mmap_safetensors
+
+    _, manifest = data
+    build_cache([FakeImageTeacher(), FakeTextTeacher()], manifest, tmp_path, dtype=torch.float16)
+    for name in ("img", "txt"):
+        path = tmp_path / f"{name}.safetensors"
+        mapped, loaded = mmap_safetensors(path), load_file(path)
+        assert set(mapped) == set(loaded)
+        for key, value in loaded.items():
+            assert mapped[key].dtype == value.dtype and torch.equal(mapped[key], value)
+    cache = TeacherCache(tmp_path)
+    maps = Path("/proc/self/maps")
+    if maps.is_file():  # Linux: the file is mapped into this process, not read into a copy
+        assert str(tmp_path / "img.safetensors") in maps.read_text()
+    assert cache.tensors["img"]["features"].shape == (40, 3, 2, 8)
+
+
+def test_top1_caption_setting_draws_only_each_shapes_first_caption(data, tmp_path):
+    _, manifest = data
+    teachers = [FakeImageTeacher(), FakeTextTeacher()]
+    build_cache(teachers, manifest, tmp_path, dtype=torch.float32)
+    for source in (
+        TargetSource.from_cache(TeacherCache(tmp_path)),
+        TargetSource.online(teachers, manifest),
+    ):
+        idx = torch.arange(40)
+        drawn = source.draw(idx, torch.Generator().manual_seed(1))["txt"]
+        assert not torch.allclose(drawn, source.fixed(idx)["txt"])  # any of two captions
+        source.caption_top_k = 1
+        drawn = source.draw(idx, torch.Generator().manual_seed(1))["txt"]
+        torch.testing.assert_close(drawn, source.fixed(idx)["txt"])  # always the first

@@ -27,7 +27,9 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
+import numpy as np
 import torch
+import torch.nn.functional as F
 from PIL import Image
 from tqdm import tqdm
 from transformers import Blip2ForConditionalGeneration, Blip2Processor
@@ -228,6 +230,40 @@ def caption_images(
     return captions
 
 
+def rank_by_clip(
+    candidates: Sequence[Sequence[str]], scores: torch.Tensor, top_k: int
+) -> list[str]:
+    """The ``top_k`` best distinct captions of one shape by CLIP: each view keeps its candidate
+    most similar to the view (``scores`` (V, C): image-text cosine), then the views' choices
+    are ranked by that similarity, best first (empty captions dropped)."""
+    if top_k < 1:
+        raise ValueError(f"top_k must be at least 1, got {top_k}")
+    best: dict[str, float] = {}
+    for texts, row in zip(candidates, scores.tolist(), strict=True):
+        kept = [(score, " ".join(text.split())) for text, score in zip(texts, row, strict=True)]
+        kept = [(score, text) for score, text in kept if text]
+        if kept:
+            score, text = max(kept)
+            best[text] = max(score, best.get(text, -2.0))
+    return sorted(best, key=lambda t: -best[t])[:top_k]
+
+
+@torch.no_grad()
+def clip_scores(scorer, images: list, texts: list[list[str]]) -> torch.Tensor:
+    """(V, C) cosine similarity of view v's image and its candidates under a CLIP teacher."""
+    pixels = torch.stack([_to_float_image(image) for image in images])  # (V, 3, H, W)
+    image = F.normalize(scorer.encode_images(pixels), dim=-1)  # (V, D)
+    flat = [t or "." for row in texts for t in row]  # an empty caption scores, then is dropped
+    text = F.normalize(scorer.encode_texts(flat), dim=-1).view(len(texts), -1, image.shape[1])
+    return torch.einsum("vd,vcd->vc", image, text).cpu()
+
+
+def _to_float_image(image: ImageLike) -> torch.Tensor:
+    if isinstance(image, torch.Tensor):
+        return image.float() / 255 if image.dtype == torch.uint8 else image.float()
+    return torch.from_numpy(np.asarray(image.convert("RGB"))).permute(2, 0, 1).float() / 255
+
+
 def caption_shapes(
     captioner: Captioner,
     views_per_shape: Sequence[torch.Tensor | Sequence[ImageLike]],
@@ -239,21 +275,35 @@ def caption_shapes(
     num_beams: int = 5,
     batch_size: int = 16,
     progress: bool = True,
+    selection: str = "likelihood",
+    candidates: int = 1,
+    scorer=None,
     **generate_kwargs,
 ) -> list[list[str]]:
-    """For each shape, its ``top_k`` captions by ``rank_captions`` (at most ``top_k``; none if
-    every view's caption came back empty).
+    """For each shape, its ``top_k`` captions (at most ``top_k``; none if every caption came
+    back empty). Views of several shapes share a batch, and only one batch at a time is
+    converted for the processor.
 
-    Every view of every shape gets one caption, as in ``caption_images``; views of several shapes
-    share a batch, and only one batch at a time is converted for the processor.
+    ``selection="likelihood"``: one caption per view, ranked by ``rank_captions`` (how many
+    views produced it, then the model's mean token log-likelihood). ``selection="clip"``
+    (ULIP-2's idea: generated captions ranked by CLIP): ``candidates`` captions per view (the
+    best beams), each view keeps the candidate its image matches best under the CLIP
+    ``scorer`` (a teacher with ``encode_images`` / ``encode_texts``), ``rank_by_clip``.
     """
+    if selection not in ("likelihood", "clip"):
+        raise ValueError(f"selection must be 'likelihood' or 'clip', got {selection!r}")
+    if selection == "clip" and scorer is None:
+        raise ValueError("selection 'clip' needs a CLIP scorer")
+    per_view = candidates if selection == "clip" else 1
     generate_kwargs.update(
-        max_new_tokens=max_new_tokens, min_new_tokens=min_new_tokens, num_beams=num_beams
-    )
+        max_new_tokens=max_new_tokens, min_new_tokens=min_new_tokens,
+        num_beams=max(num_beams, per_view), num_return_sequences=per_view,
+    )  # fmt: skip
     views = [_split_images(shape) for shape in views_per_shape]
+    flat = [image for shape in views for image in shape]
     captions, scores = _caption_all(
         captioner,
-        [image for shape in views for image in shape],
+        flat,
         prompt=prompt,
         batch_size=batch_size,
         progress=progress,
@@ -262,6 +312,11 @@ def caption_shapes(
     ranked, start = [], 0
     for shape in views:
         stop = start + len(shape)
-        ranked.append(rank_captions(captions[start:stop], scores[start:stop].tolist(), top_k))
+        texts = captions[start * per_view : stop * per_view]
+        if selection == "clip":
+            rows = [texts[i * per_view : (i + 1) * per_view] for i in range(len(shape))]
+            ranked.append(rank_by_clip(rows, clip_scores(scorer, flat[start:stop], rows), top_k))
+        else:
+            ranked.append(rank_captions(texts, scores[start:stop].tolist(), top_k))
         start = stop
     return ranked

@@ -35,6 +35,33 @@ ZERO_SHOT_TEMPLATES: tuple[str, ...] = (
     "a cropped photo of a {}.",
 )
 
+# ULIP's 64 ModelNet40 zero-shot templates (its data/templates.json, "modelnet40_64"), used by
+# the paper's Table 2 comparison; kept verbatim, the one missing full stop included.
+ULIP_TEMPLATES: tuple[str, ...] = (
+    "a point cloud model of {}.", "There is a {} in the scene.", "There is the {} in the scene.",
+    "a photo of a {} in the scene.", "a photo of the {} in the scene.",
+    "a photo of one {} in the scene.", "itap of a {}.", "itap of my {}.", "itap of the {}.",
+    "a photo of a {}.", "a photo of my {}.", "a photo of the {}.", "a photo of one {}.",
+    "a photo of many {}.", "a good photo of a {}.", "a good photo of the {}.",
+    "a bad photo of a {}.", "a bad photo of the {}.", "a photo of a nice {}.",
+    "a photo of the nice {}.", "a photo of a cool {}.", "a photo of the cool {}.",
+    "a photo of a weird {}.", "a photo of the weird {}.", "a photo of a small {}.",
+    "a photo of the small {}.", "a photo of a large {}.", "a photo of the large {}.",
+    "a photo of a clean {}.", "a photo of the clean {}.", "a photo of a dirty {}.",
+    "a photo of the dirty {}.", "a bright photo of a {}.", "a bright photo of the {}.",
+    "a dark photo of a {}.", "a dark photo of the {}.", "a photo of a hard to see {}.",
+    "a photo of the hard to see {}.", "a low resolution photo of a {}.",
+    "a low resolution photo of the {}.", "a cropped photo of a {}.",
+    "a cropped photo of the {}.", "a close-up photo of a {}.", "a close-up photo of the {}.",
+    "a jpeg corrupted photo of a {}.", "a jpeg corrupted photo of the {}.",
+    "a blurry photo of a {}.", "a blurry photo of the {}.", "a pixelated photo of a {}.",
+    "a pixelated photo of the {}.", "a black and white photo of the {}.",
+    "a black and white photo of a {}", "a plastic {}.", "the plastic {}.", "a toy {}.",
+    "the toy {}.", "a plushie {}.", "the plushie {}.", "a cartoon {}.", "the cartoon {}.",
+    "an embroidered {}.", "the embroidered {}.", "a painting of the {}.", "a painting of a {}.",
+)  # fmt: skip
+TEMPLATE_SETS = {"mmpd20": ZERO_SHOT_TEMPLATES, "ulip64": ULIP_TEMPLATES}
+
 # How a caption frames the object; "{obj}" is e.g. "tall red chair".
 _FRAMES = (
     "{art} {obj}{feat}",

@@ -208,7 +208,7 @@ def fewshot_dataset(
     shot: int,
     fold: int,
     split: str,
-    num_points: int = 1024,
+    num_points: int | None = 1024,
     *,
     transform: Transform | None = None,
 ) -> CloudDataset:
@@ -218,26 +218,28 @@ def fewshot_dataset(
     points, labels, _ = readers.read_fewshot_fold(root, way, shot, fold)[split]
     source = readers.fewshot_path(root, way, shot, fold)
     return CloudDataset(
-        points, labels, num_points, sampling="fps", transform=transform, source=source
-    )
+        points, labels, num_points or points.shape[1], sampling="fps", transform=transform,
+        source=source,
+    )  # fmt: skip
 
 
 def scanobjectnn_dataset(
     root: str | Path,
     subset: str,
     split: str,
-    num_points: int = 2048,
+    num_points: int | None = 2048,
     *,
     transform: Transform | None = None,
     num_classes: int = len(readers.SCANOBJECTNN_CLASSES),
 ) -> CloudDataset:
-    """ScanObjectNN ``subset`` (obj_bg, obj_only, pb_t50_rs), unnormalised like upstream."""
+    """ScanObjectNN ``subset`` (obj_bg, obj_only, pb_t50_rs), unnormalised like upstream
+    (``num_points=None``: every stored point)."""
     points, labels = readers.read_scanobjectnn(root, subset, split, num_classes)
     source = readers.scanobjectnn_path(root, subset, split)
     return CloudDataset(
         points,
         labels,
-        num_points,
+        num_points or points.shape[1],
         sampling="fps",
         normalize=False,
         transform=transform,
@@ -263,15 +265,23 @@ def dataset_family(key: str) -> str:
     return FAMILIES[name]
 
 
-def modelnet40_split(root: Path, split: str, num_points: int, dat_points: int | None):
-    """The cached ``.dat`` of ``dat_points`` points when it exists, else the text files."""
-    if dat_points and readers.modelnet40_dat_path(root, split, dat_points).is_file():
-        return modelnet40_dat_dataset(root, split, num_points, dat_points=dat_points)
-    return ModelNet40Dataset(root, split, num_points)
+def modelnet40_split(root: Path, split: str, num_points: int | None):
+    """ModelNet40 from the cached ``.dat`` with the most points (``find_modelnet40_dat``), else
+    the text files. ``num_points=None``: the whole stored clouds (8192 points for the text
+    files, as the upstream cache holds)."""
+    dat = readers.find_modelnet40_dat(root, split)
+    if dat is not None:
+        points, labels = readers.read_modelnet40_dat(dat)
+        return CloudDataset(points, labels, num_points or points.shape[1], source=dat)
+    return ModelNet40Dataset(root, split, num_points or FULL_TEXT_POINTS)
 
 
-def classification_splits(manifest: dict, key: str, num_points: int):
-    """(train, test, number of classes) of dataset ``key`` in a data manifest's layout."""
+FULL_TEXT_POINTS = 8192  # what the upstream .dat cache keeps of each 10k-point text file
+
+
+def classification_splits(manifest: dict, key: str, num_points: int | None):
+    """(train, test, number of classes) of dataset ``key`` in a data manifest's layout, each
+    cloud reduced to ``num_points`` as the upstream loaders do (None: the stored clouds)."""
     family = dataset_family(key)
     name, _, subset = key.partition("/")
     if name.startswith("synthetic") and manifest["config"]["source"] != "embedded":
@@ -279,8 +289,7 @@ def classification_splits(manifest: dict, key: str, num_points: int):
     root = resolve(manifest["roots"][family])
     if family == "modelnet40":
         classes = len(manifest["counts"]["modelnet40"]["train"])
-        dat_points = manifest["config"].get("modelnet_points", 8192)
-        splits = [modelnet40_split(root, s, num_points, dat_points) for s in readers.SPLITS]
+        splits = [modelnet40_split(root, s, num_points) for s in readers.SPLITS]
     else:
         classes = len(manifest["counts"]["scanobjectnn"][f"{subset}/train"])
         splits = [

@@ -27,11 +27,15 @@ from pathlib import Path
 
 import numpy as np
 import torch
+import torch.distributed as dist
 
 from mmpd_core.config import PROJECT_ROOT, DataPrepStage, resolve
-from mmpd_core.data import captions, readers, render, synthetic
+from mmpd_core.data import captioning, captions, readers, render, synthetic
 from mmpd_core.data.shapes import CATEGORIES, Shape, sample_shape
-from mmpd_core.geometry import farthest_point_sample, gather_points
+from mmpd_core.data.transforms import normalize_unit_sphere
+from mmpd_core.distributed import WorldInfo, setup_distributed, world_info
+from mmpd_core.engine import default_device
+from mmpd_core.geometry import estimate_normals, farthest_point_sample, gather_points
 from mmpd_core.tracking import progress
 
 SHAPENET, MODELNET, FEWSHOT, SCAN = (
@@ -123,9 +127,12 @@ def write_scanobjectnn(cfg: DataPrepStage, root: Path) -> None:
     folder.mkdir(parents=True, exist_ok=True)
     (folder / SCAN_NAMES).write_text("\n".join(CATEGORIES) + "\n")
     per_split = {"train": cfg.scan_train_per_class, "test": cfg.scan_test_per_class}
-    for subset in synthetic.SCAN_SUBSETS:
-        for split, count in per_split.items():
-            scans = synthetic.scan_clouds(split, subset, count, cfg.seed, cfg.scan_points)
+    for split, count in per_split.items():
+        objects = synthetic.scan_objects(split, count, cfg.seed)  # once for the three subsets
+        for subset in synthetic.SCAN_SUBSETS:
+            scans = synthetic.scan_clouds(
+                split, subset, count, cfg.seed, cfg.scan_points, clean=objects
+            )
             readers.write_scanobjectnn(
                 folder, subset, split, scans.points, scans.labels, num_classes=len(CATEGORIES)
             )
@@ -139,29 +146,52 @@ def view_path(renders: Path, name: str, degrees: int, depth: bool = False) -> Pa
     return render.render_paths(renders, name, degrees)[int(depth)]
 
 
-def _surfaces(cfg, root_shapenet: Path, names, shapes: dict[str, Shape]):
+def _surfaces(root_shapenet: Path, names, shapes: dict[str, Shape], device):
     """Points, normals and colours to render, (B, N, 3) each. Procedural shapes have exact
-    normals and part colours; real ShapeNet clouds are grey and shaded flat."""
+    normals and part colours. A real ShapeNet cloud is rendered whole (all its stored points,
+    8,192 in the release), normalised to the unit sphere like the pretraining input, grey, with
+    normals estimated by PCA over 16 neighbours (``geometry.estimate_normals``)."""
     if all(n in shapes for n in names):
         return [
-            torch.from_numpy(np.stack([getattr(shapes[n], k) for n in names]))
+            torch.from_numpy(np.stack([getattr(shapes[n], k) for n in names])).to(device)
             for k in ("points", "normals", "colors")
         ]
-    points = np.stack(
-        [readers.read_shapenet55_points(root_shapenet, n)[: cfg.pretrain_points] for n in names]
-    )
-    return [torch.from_numpy(points), None, None]
+    clouds = np.stack([readers.read_shapenet55_points(root_shapenet, n) for n in names])
+    points = normalize_unit_sphere(torch.from_numpy(clouds).to(device))  # (B, N, 3)
+    return [points, estimate_normals(points), None]
+
+
+def render_degrees(cfg: DataPrepStage) -> list[int]:
+    """The azimuths of the rendered views (ULIP: 30 views, every 12 degrees)."""
+    return [round(360 * v / cfg.render_views) for v in range(cfg.render_views)]
+
+
+def check_renders(renders: Path, names, degrees) -> None:
+    """Every view of every shape, RGB and depth, exists in the ULIP layout under ``renders``
+    (the released renders are used as they are); the error names what is missing."""
+    missing = [
+        path
+        for name in names
+        for deg in degrees
+        for path in render.render_paths(renders, name, deg)
+        if not path.is_file()
+    ]
+    if missing:
+        raise FileNotFoundError(
+            f"{renders}: {len(missing)} rendered views missing, e.g. {missing[0]} "
+            f"(ULIP layout: <synset>-<model>/<synset>-<model>_r_<deg>.png and ..._depth0001.png)"
+        )
 
 
 def write_renders(cfg, root_shapenet: Path, renders: Path, names, shapes, batch=32):
     """Render every shape from ``render_views`` azimuths into RGB and 16-bit depth PNGs."""
-    degrees = [round(360 * v / cfg.render_views) for v in range(cfg.render_views)]
+    degrees = render_degrees(cfg)
     device = "cuda" if torch.cuda.is_available() else "cpu"
     for start in progress(range(0, len(names), batch), desc="render"):
         chunk = names[start : start + batch]
-        surfaces = _surfaces(cfg, root_shapenet, chunk, shapes)
+        surfaces = _surfaces(root_shapenet, chunk, shapes, device)
         rgb, depth = render.render_views(
-            *(None if t is None else t.to(device) for t in surfaces),
+            *surfaces,
             num_views=cfg.render_views,
             elevation_deg=cfg.render_elevation,
             resolution=cfg.render_resolution,
@@ -175,25 +205,34 @@ def write_renders(cfg, root_shapenet: Path, renders: Path, names, shapes, batch=
     return degrees
 
 
-def make_captions(cfg, renders: Path, names, attributes, degrees) -> dict[str, list[str]]:
-    """``captions_per_shape`` captions per shape: templates, or BLIP-2 on the rendered views."""
+def make_captions(
+    cfg, renders: Path, names, attributes, degrees, world: WorldInfo
+) -> dict[str, list[str]] | None:
+    """``captions_per_shape`` captions per shape: templates, or BLIP-2 on the rendered views
+    (``captioning``: this rank's shard, logged as it goes; rank 0 merges every rank's log once
+    all are done). Ranks other than 0 return None."""
     if cfg.captioner == "blip2":
-        from mmpd_core.data import blip2  # transformers' BLIP-2 only when asked for
-
-        device = "cuda" if torch.cuda.is_available() else "cpu"
-        captioner = blip2.load_captioner(cfg.blip2_model, device=device)
-        ranked = []
-        for start in range(0, len(names), 64):  # load 64 shapes' views at a time
-            views = [
-                torch.stack([render.load_png(view_path(renders, n, d)) for d in degrees])
-                for n in names[start : start + 64]
-            ]  # per shape (V, 3, H, W)
-            ranked += blip2.caption_shapes(
-                captioner, views, top_k=cfg.captions_per_shape, min_new_tokens=3
-            )  # a caption is at least a few words
+        folder = resolve(cfg.caption_cache) / captioning.cache_key(cfg, names, degrees, renders)
+        device = default_device()
+        captioning.caption_shard(
+            cfg, renders, names, degrees, folder,
+            rank=world.rank, world_size=world.world_size, device=device,
+        )  # fmt: skip
+        _barrier()
+        if not world.is_main:
+            return None
+        captioning.caption_shard(cfg, renders, names, degrees, folder, device=device)  # leftovers
+        ranked = captioning.merge(folder, names)
         # a shape whose views all came back empty falls back to its template caption
-        return {n: r or _template_captions(cfg, n, {}) for n, r in zip(names, ranked, strict=True)}
+        return {n: ranked[n] or _template_captions(cfg, n, {}) for n in names}
+    if not world.is_main:
+        return None
     return {name: _template_captions(cfg, name, attributes.get(name) or {}) for name in names}
+
+
+def _barrier() -> None:
+    if dist.is_available() and dist.is_initialized():
+        dist.barrier()
 
 
 def _template_captions(cfg, name: str, attributes: dict) -> list[str]:
@@ -236,8 +275,8 @@ def count_datasets(cfg: DataPrepStage, roots: dict[str, Path]) -> dict:
         )
     mn_names = readers.read_modelnet40_shape_names(roots["modelnet40"])
     for split in readers.SPLITS:
-        dat = readers.modelnet40_dat_path(roots["modelnet40"], split, cfg.modelnet_points)
-        if dat.is_file():
+        dat = readers.find_modelnet40_dat(roots["modelnet40"], split)  # else the text files
+        if dat is not None:
             labels = readers.read_modelnet40_dat(dat)[1]
         else:
             labels = readers.read_modelnet40_split(roots["modelnet40"], split)[1]
@@ -271,31 +310,48 @@ def tree_digest(folder: Path) -> tuple[str, int, int]:
 # --- the stage --------------------------------------------------------------------------------
 
 
-def run_stage(cfg: DataPrepStage) -> dict:
+def run_stage(cfg: DataPrepStage) -> dict | None:
     """The ``data_prep`` stage: datasets, renders, captions, the manifest and the contact
-    sheet; returns the manifest."""
+    sheet; returns the manifest.
+
+    Under ``torchrun`` (``python -m mmpd_core.cli prepare``) the ranks share the rendering and
+    the BLIP-2 captioning of real shapes (disjoint shards); rank 0 writes everything else and
+    returns the manifest, the other ranks None."""
+    world = world_info()
+    setup_distributed(world)
     out, roots, timings = resolve(cfg.out_dir), dataset_roots(cfg), {}
-    if (out / "manifest.json").is_file():
-        shutil.rmtree(out)  # a previous run of this stage: start clean, nothing stale survives
-    out.mkdir(parents=True, exist_ok=True)
     start = time.perf_counter()
     shapes: dict[str, Shape] = {}  # procedural pretraining shapes (none for real data)
-    if cfg.source == "embedded":
-        shapes = write_pretrain(cfg, out)
-        modelnet = write_modelnet(cfg, out)
-        write_fewshot(cfg, out, modelnet)
-        write_scanobjectnn(cfg, out)
+    if world.is_main:
+        if (out / "manifest.json").is_file():
+            shutil.rmtree(out)  # a previous run of this stage: start clean, nothing stale survives
+        out.mkdir(parents=True, exist_ok=True)
+        if cfg.source == "embedded":
+            shapes = write_pretrain(cfg, out)
+            modelnet = write_modelnet(cfg, out)
+            write_fewshot(cfg, out, modelnet)
+            write_scanobjectnn(cfg, out)
+    _barrier()
     timings["datasets_s"] = time.perf_counter() - start
     names = [
         n for s in readers.SPLITS for n in readers.read_shapenet55_split(roots["shapenet55"], s)
     ]
-    renders = out / SHAPENET / "renders"
+    renders = resolve(cfg.renders_dir) if cfg.renders_dir else out / SHAPENET / "renders"
+    degrees = render_degrees(cfg)
     start = time.perf_counter()
-    degrees = write_renders(cfg, roots["shapenet55"], renders, names, shapes)
+    if cfg.renders_dir:  # ULIP's released renders, what the paper's teachers saw
+        if world.is_main:
+            check_renders(renders, names, degrees)
+    elif world.is_main or cfg.source == "real":  # procedural shapes live on rank 0 only
+        shard = names[world.rank :: world.world_size] if cfg.source == "real" else names
+        write_renders(cfg, roots["shapenet55"], renders, shard, shapes)
+    _barrier()
     timings["render_s"] = time.perf_counter() - start
     start = time.perf_counter()
     attributes = {name: shape.attributes for name, shape in shapes.items()}
-    texts = make_captions(cfg, renders, names, attributes, degrees)
+    texts = make_captions(cfg, renders, names, attributes, degrees, world)
+    if not world.is_main:
+        return None
     (out / SHAPENET / "captions.json").write_text(json.dumps(texts, indent=1))
     timings["captions_s"] = time.perf_counter() - start
     manifest = {

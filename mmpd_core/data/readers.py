@@ -210,6 +210,17 @@ def modelnet40_dat_path(root: str | Path, split: str, num_points: int = 8192) ->
     return Path(root) / f"modelnet40_{_check_split(split)}_{num_points}pts_fps.dat"
 
 
+def find_modelnet40_dat(root: str | Path, split: str) -> Path | None:
+    """The cached ``modelnet40_<split>_<N>pts_fps.dat`` with the most points under ``root``
+    (the standard download holds N = 8192), or None when there is none."""
+    found = {}
+    for path in Path(root).glob(f"modelnet40_{_check_split(split)}_*pts_fps.dat"):
+        count = path.name.removeprefix(f"modelnet40_{split}_").removesuffix("pts_fps.dat")
+        if count.isdigit():
+            found[int(count)] = path
+    return found[max(found)] if found else None
+
+
 def read_modelnet40_shape_names(root: str | Path) -> list[str]:
     """Class names of ``modelnet40_shape_names.txt``; the line index is the label."""
     path = Path(root) / MODELNET_SHAPE_NAMES

@@ -160,14 +160,22 @@ def scan_cloud(obj, subset: str, rng: np.random.Generator, clutter_seed: int, nu
     return cloud.astype(np.float32)
 
 
+def scan_objects(split, per_class, seed, full_points=8192) -> CloudSet:
+    """The complete objects that every ScanObjectNN subset of a split scans."""
+    return clean_clouds("scanobjectnn", split, per_class, full_points, seed)
+
+
 def _rot_y(angle: float) -> np.ndarray:
     c, s = np.cos(angle), np.sin(angle)
     return np.array([[c, 0, s], [0, 1, 0], [-s, 0, c]])
 
 
-def scan_clouds(split, subset, per_class, seed, num_points=2048, full_points=8192) -> CloudSet:
-    """``per_class`` scans per category; the same objects for every subset of a split."""
-    clean = clean_clouds("scanobjectnn", split, per_class, full_points, seed)
+def scan_clouds(
+    split, subset, per_class, seed, num_points=2048, full_points=8192, clean: CloudSet | None = None
+) -> CloudSet:
+    """``per_class`` scans per category; the same objects for every subset of a split.
+    ``clean``: those objects (``scan_objects``), to share them between the subsets."""
+    clean = scan_objects(split, per_class, seed, full_points) if clean is None else clean
     clouds = []
     for k, (obj, index) in enumerate(zip(clean.points, clean.indices, strict=True)):
         category = CATEGORIES[clean.labels[k]]

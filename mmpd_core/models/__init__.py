@@ -51,7 +51,7 @@ class ModelEntry:
 
 MODELS: dict[str, ModelEntry] = {
     "point_mae": ModelEntry("point_mae", "paper", point_mae.point_mae, 22.1),
-    "point_mae_tiny": ModelEntry("point_mae", "tiny", point_mae.point_mae_tiny, 1.315),
+    "point_mae_tiny": ModelEntry("point_mae", "tiny", point_mae.point_mae_tiny, 1.06),
 }
 ARCHITECTURES: dict[str, type[Backbone]] = {"point_mae": point_mae.PointMAE}
 

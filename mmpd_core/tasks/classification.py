@@ -11,8 +11,17 @@ Protocols (ReCon / ACT names):
   encoder in train mode and also trains ``cls_token`` / ``cls_pos``; the frozen variant is the
   cleaner protocol (REFERENCE, "ReCon and ACT").
 
+Inputs follow the upstream recipe (Point-MAE ``runner_finetune``) when ``recipe.fps_points``
+is set: every training step takes each stored cloud in a random order, runs FPS for
+``fps_points`` points (1,200 for 1,024-point inputs, 2,400 for 2,048) and keeps a random
+``num_points`` of them (one choice for the batch), then augments (``resample``); the test
+clouds are the FPS sample of ``num_points`` from index 0, and every vote draws a fresh random
+subset of the test cloud's FPS sample before augmenting. With ``fps_points: 0`` every cloud is
+its fixed ``num_points`` sample in every epoch and vote.
+
 After full fine-tuning the BatchNorm statistics are recomputed over the training clouds
-(``refresh_batchnorm``). Voting (``full`` only): ``votes`` passes over the test set with the
+(``refresh_batchnorm``). Voting (``full`` only, on the dataset families whose recipe votes:
+ModelNet40, as upstream): ``votes`` passes over the test set with the
 dataset's training augmentation (seeded), logits averaged; reported next to the plain
 accuracy, never a max over repeats. A head trained on features of un-augmented clouds has
 never seen augmented ones, so the frozen protocols report no voted accuracy. Model selection
@@ -40,6 +49,7 @@ from mmpd_core import engine
 from mmpd_core.config import ClassificationStage, Recipe, resolve
 from mmpd_core.data import transforms
 from mmpd_core.data.datasets import dataset_family
+from mmpd_core.geometry import farthest_point_sample, gather_points
 from mmpd_core.models import Backbone
 from mmpd_core.tasks.features import checkpoint_name, frozen_features, load_pretrained, splits
 from mmpd_core.tasks.metrics import accuracy, summarise
@@ -53,6 +63,24 @@ def augment(points: torch.Tensor, recipe: Recipe, generator: torch.Generator) ->
     if recipe.augment == "none":
         return points
     return AUGMENTS[recipe.augment](points, generator=generator)
+
+
+def resample(points: torch.Tensor, recipe: Recipe, generator: torch.Generator) -> torch.Tensor:
+    """Upstream's per-step input from stored clouds (B, N, 3): each cloud in a random order,
+    FPS of ``fps_points`` (the kernel starts at index 0, a random point after the shuffle),
+    then a random ``num_points`` of those, one choice for the whole batch: (B, num_points, 3).
+    """
+    batch, stored, _ = points.shape
+    order = torch.rand(batch, stored, generator=generator).argsort(dim=1)  # (B, N)
+    shuffled = gather_points(points, order.to(points.device))  # (B, N, 3)
+    centres = farthest_point_sample(shuffled, min(recipe.fps_points, stored))  # (B, P)
+    return _random_subset(shuffled, centres, recipe.num_points, generator)
+
+
+def _random_subset(points, fps_idx, num_points: int, generator) -> torch.Tensor:
+    """A random ``num_points`` of the FPS indices (B, P), the same for every cloud."""
+    keep = torch.randperm(fps_idx.shape[1], generator=generator)[:num_points]  # (num_points,)
+    return gather_points(points, fps_idx[:, keep.to(fps_idx.device)])  # (B, num_points, 3)
 
 
 # ---------------------------------------------------------------------------- frozen protocols
@@ -73,7 +101,7 @@ def train_head(
     """``make_head`` initialised from ``seed``, then full-batch AdamW with a cosine schedule on
     cached features (frozen protocols); the head comes back in eval mode."""
     torch.manual_seed(seed)
-    head = make_head(protocol, encoder, num_classes)
+    head = make_head(protocol, encoder, num_classes).to(feats.device)
     optimizer = torch.optim.AdamW(
         head.parameters(), lr=recipe.head_lr, weight_decay=recipe.weight_decay
     )
@@ -98,7 +126,10 @@ class ClassifierStep:
         self.recipe = recipe
 
     def __call__(self, model, batch, generator):
-        points = augment(batch["points"], self.recipe, generator)
+        points = batch["points"]
+        if self.recipe.fps_points:
+            points = resample(points, self.recipe, generator)
+        points = augment(points, self.recipe, generator)
         logits = model(points)
         loss = F.cross_entropy(logits, batch["label"])
         return loss, {"acc": accuracy(logits.detach(), batch["label"])}
@@ -116,34 +147,54 @@ def refresh_batchnorm(model: nn.Module, dataset, batch_size: int = 32, amp: str 
         update_bn((batch["points"].to(device) for batch in loader), model)
 
 
-def fine_tune(model, dataset, recipe: Recipe, *, seed: int, out_dir: Path, num_workers: int = 0):
+def fine_tune(
+    model, dataset, recipe: Recipe, *, seed: int, out_dir: Path, num_workers: int = 0,
+    stored=None,
+):  # fmt: skip
     """The ``full`` protocol: train every parameter with the recipe through the engine
-    (dvclive in ``out_dir/live``), then ``refresh_batchnorm``. The per-epoch checkpoints in
-    ``out_dir`` let a run killed part-way resume exactly; they are deleted when it finishes
-    (a table's grid holds hundreds of runs, a point_mae checkpoint with its optimizer state
-    is ~260 MB and only the accuracies are kept)."""
+    (dvclive in ``out_dir/live``), then ``refresh_batchnorm`` over ``dataset``. With
+    ``recipe.fps_points`` the steps read ``stored`` (the same clouds as stored) and resample
+    them. The per-epoch checkpoints in ``out_dir`` let a run killed part-way resume exactly;
+    they are deleted when it finishes (a table's grid holds hundreds of runs, a point_mae
+    checkpoint with its optimizer state is ~260 MB and only the accuracies are kept)."""
+    if recipe.fps_points and stored is None:
+        raise ValueError("recipe.fps_points needs the stored clouds (stored=)")
     cfg = engine.config_from(
         recipe, seed=seed, accumulation=1, num_workers=num_workers,
         out_dir=str(out_dir), live_dir=str(out_dir / "live"),
     )  # fmt: skip
-    result = engine.train(model, ClassifierStep(recipe), dataset, cfg, resume=True)
+    train_set = stored if recipe.fps_points else dataset
+    result = engine.train(model, ClassifierStep(recipe), train_set, cfg, resume=True)
     engine.remove_checkpoints(out_dir)
     refresh_batchnorm(model, dataset, amp=recipe.amp)
     return result
 
 
 @torch.no_grad()
-def predict(model: nn.Module, dataset, recipe: Recipe, *, votes: int, seed: int):
-    """Test logits without augmentation, and averaged over ``votes`` augmented passes."""
+def predict(model: nn.Module, dataset, recipe: Recipe, *, votes: int, seed: int, stored=None):
+    """Test logits without augmentation, and averaged over ``votes`` augmented passes. With
+    ``recipe.fps_points`` each pass draws its clouds afresh from ``stored`` (upstream's
+    ``test_vote``: a random ``num_points`` of the stored cloud's FPS sample)."""
     model.eval()
     device = next(model.parameters()).device
     generator = torch.Generator().manual_seed(seed)
+    fresh = bool(recipe.fps_points and votes)
+    if fresh and stored is None:
+        raise ValueError("votes with recipe.fps_points need the stored clouds (stored=)")
+    loader = torch.utils.data.DataLoader(dataset, batch_size=64)
+    whole = torch.utils.data.DataLoader(stored, batch_size=64) if fresh else [None] * len(loader)
     plain, voted, labels = [], [], []
-    for batch in torch.utils.data.DataLoader(dataset, batch_size=64):
+    for batch, full in zip(loader, whole, strict=True):
         points = batch["points"].to(device)
+        if fresh:
+            full = full["points"].to(device)  # (B, N, 3)
+            fps = farthest_point_sample(full, min(recipe.fps_points, full.shape[1]))
         with engine.autocast_context(device, engine.AMP_DTYPES[recipe.amp]):
             plain.append(model(points).float())
-            passes = [model(augment(points, recipe, generator)).float() for _ in range(votes)]
+            passes = []
+            for _ in range(votes):
+                drawn = _random_subset(full, fps, recipe.num_points, generator) if fresh else points
+                passes.append(model(augment(drawn, recipe, generator)).float())
         voted.append(torch.stack(passes).mean(0) if passes else plain[-1])
         labels.append(batch["label"].to(device))
     return torch.cat(plain), torch.cat(voted), torch.cat(labels)
@@ -180,7 +231,7 @@ def cells(cfg: ClassificationStage) -> list[Cell]:
 def run_seed(cfg: ClassificationStage, cell: Cell, seed: int, cache: dict) -> dict:
     """One seed of one cell: train, then the test accuracy (and the voted one, full)."""
     recipe = cfg.recipes[dataset_family(cell.dataset)]
-    data = splits(cfg.data_manifest, cell.dataset, recipe, cache)
+    data = splits(cfg.data_manifest, cell.dataset, recipe.num_points, cache)
     train_set, test_set, classes = data
     if cell.protocol != "full":
         (feats, labels), (test_feats, test_labels), encoder = frozen_features(
@@ -195,13 +246,18 @@ def run_seed(cfg: ClassificationStage, cell: Cell, seed: int, cache: dict) -> di
         num_classes=classes, drop_path_rate=recipe.drop_path_rate,
     )  # fmt: skip
     out_dir = resolve(cfg.out_dir) / cell.tag / f"seed{seed}"
+    stored = (None, None)
+    if recipe.fps_points:  # the clouds as stored: resampled every step and every vote
+        stored = splits(cfg.data_manifest, cell.dataset, None, cache)[:2]
     result = fine_tune(model, train_set, recipe, seed=seed, out_dir=out_dir,
-                       num_workers=cfg.num_workers)  # fmt: skip
-    plain, voted, labels = predict(model, test_set, recipe, votes=cfg.votes, seed=seed)
+                       num_workers=cfg.num_workers, stored=stored[0])  # fmt: skip
+    votes = cfg.votes if recipe.vote else 0
+    test = {"votes": votes, "seed": seed, "stored": stored[1]}
+    plain, voted, labels = predict(model, test_set, recipe, **test)
     return {
         "seed": seed,
         "acc": 100 * accuracy(plain, labels),
-        "acc_vote": 100 * accuracy(voted, labels),
+        "acc_vote": 100 * accuracy(voted, labels) if votes else math.nan,
         "train_acc": 100 * result.final["train/acc"],
         "wall_time_s": result.wall_time_s,
     }
@@ -236,7 +292,7 @@ def run_stage(cfg: ClassificationStage) -> pd.DataFrame:
     rows, cache, grid = [], {}, cells(cfg)
     bar = progress(grid, desc="classification runs")
     for cell in bar:
-        bar.set_postfix_str(cell.tag)
+        bar.set_postfix_str(cell.tag, refresh=False)
         result = run_cell(cfg, cell, cache)
         rows.append({k: v for k, v in result.items() if k not in ("recipe", "seeds")})
     frame = pd.DataFrame(rows)

@@ -9,6 +9,7 @@ architecture its grouping at the recipe's cloud size.
 
 from __future__ import annotations
 
+import hashlib
 import json
 
 import torch
@@ -67,24 +68,50 @@ def extract_features(
     return torch.cat(feats), torch.cat(labels)
 
 
-def splits(data_manifest: str, dataset: str, recipe: Recipe, cache: dict):
-    """(train, test, classes) of ``dataset`` at the recipe's cloud size, read once per
-    ``cache`` (a grid reads each dataset once, not once per checkpoint and protocol)."""
-    key = ("splits", data_manifest, dataset, recipe.num_points)
+class FeatureMemo:
+    """Global features of one frozen encoder, computed once per distinct cloud.
+
+    Few-shot episodes draw their support and query clouds from the same ModelNet40 shapes
+    (80 episodes, ~5,000 clouds per encoder, ~1,000 distinct ones in the embedded default):
+    ``memo(dataset)`` returns ``extract_features(encoder, dataset)`` but runs the encoder only
+    on clouds it has not seen (keyed by their bytes); labels always come from ``dataset``.
+    """
+
+    def __init__(self, encoder: Backbone, amp: str = "bf16"):
+        self.encoder, self.amp = encoder, amp
+        self.rows: dict[bytes, torch.Tensor] = {}
+
+    def __call__(self, dataset) -> tuple[torch.Tensor, torch.Tensor]:
+        items = [dataset[i] for i in range(len(dataset))]
+        keys = [hashlib.blake2b(item["points"].numpy().tobytes()).digest() for item in items]
+        new = {key: item for key, item in zip(keys, items, strict=True) if key not in self.rows}
+        if new:
+            feats, _ = extract_features(self.encoder, list(new.values()), amp=self.amp)
+            self.rows.update(zip(new, feats, strict=True))
+        device = next(self.encoder.parameters()).device
+        labels = torch.tensor([int(item["label"]) for item in items], device=device)
+        return torch.stack([self.rows[key] for key in keys]), labels
+
+
+def splits(data_manifest: str, dataset: str, num_points: int | None, cache: dict):
+    """(train, test, classes) of ``dataset`` with clouds of ``num_points`` (None: as stored),
+    read once per ``cache`` (a grid reads each dataset once, not once per run)."""
+    key = ("splits", data_manifest, dataset, num_points)
     if key not in cache:
         manifest = json.loads(resolve(data_manifest).read_text())
-        cache[key] = classification_splits(manifest, dataset, recipe.num_points)
+        cache[key] = classification_splits(manifest, dataset, num_points)
     return cache[key]
 
 
 def frozen_features(checkpoint: str, model: str, dataset: str, recipe: Recipe, data, cache: dict):
     """Train and test features of the frozen encoder, computed once per (checkpoint, dataset)
-    and kept in ``cache`` (an encoder in eval mode is deterministic), with the encoder moved
-    to the meta device: its architecture still builds heads (``make_head``), its weights are
-    freed."""
+    and kept in ``cache`` (an encoder in eval mode is deterministic), computed on the GPU when
+    there is one; the encoder is then moved to the meta device: its architecture still builds
+    heads (``make_head``), its weights are freed."""
     key = ("features", checkpoint, dataset, recipe.num_points, json.dumps(recipe.grouping))
     if key not in cache:
         encoder = load_pretrained(checkpoint, model, grouping=recipe.grouping).eval()
+        encoder.to(engine.default_device())
         train = extract_features(encoder, data[0], amp=recipe.amp)
         test = extract_features(encoder, data[1], amp=recipe.amp)
         cache[key] = (train, test, encoder.to("meta"))

@@ -15,46 +15,49 @@ from pathlib import Path
 
 import torch
 
+from mmpd_core import engine
 from mmpd_core.config import FewshotStage, Recipe, resolve
 from mmpd_core.data.datasets import fewshot_dataset
 from mmpd_core.tasks.classification import fine_tune, predict, train_head
-from mmpd_core.tasks.features import checkpoint_name, extract_features, load_pretrained
+from mmpd_core.tasks.features import FeatureMemo, checkpoint_name, load_pretrained
 from mmpd_core.tasks.metrics import accuracy, mean_std
 from mmpd_core.tracking import progress
 
 
 def episode_accuracy(
-    cfg: FewshotStage, checkpoint: str, episode, seed: int, out_dir: Path, encoder=None
+    cfg: FewshotStage, checkpoint: str, episode, seed: int, out_dir: Path, memo=None
 ) -> float:
     """Query accuracy (percent) after training on the support set of ``episode`` (support,
-    query, way). Full fine-tuning writes its checkpoints and dvclive in ``out_dir``, one per
-    episode (a killed episode resumes from there); frozen protocols use ``encoder`` (loaded
-    once per checkpoint by ``run_stage``)."""
-    support, query, way = episode
+    query, way, stored support clouds or None). Full fine-tuning writes its checkpoints and
+    dvclive in ``out_dir``, one per episode (a killed episode resumes from there); frozen
+    protocols read features from ``memo`` (a ``FeatureMemo`` of the checkpoint's encoder,
+    made once per checkpoint by ``run_stage``)."""
+    support, query, way, stored = episode
     recipe: Recipe = cfg.recipe
     if cfg.protocol != "full":
-        feats, labels = extract_features(encoder, support)
-        head = train_head(cfg.protocol, feats, labels, way, encoder, recipe, seed)
-        query_feats, query_labels = extract_features(encoder, query)
+        feats, labels = memo(support)
+        head = train_head(cfg.protocol, feats, labels, way, memo.encoder, recipe, seed)
+        query_feats, query_labels = memo(query)
         with torch.no_grad():
             return 100 * accuracy(head(query_feats), query_labels)
     model = load_pretrained(
         checkpoint, cfg.model, seed=seed, grouping=recipe.grouping, num_classes=way,
         drop_path_rate=recipe.drop_path_rate,
     )  # fmt: skip
-    fine_tune(model, support, recipe, seed=seed, out_dir=out_dir)
+    fine_tune(model, support, recipe, seed=seed, out_dir=out_dir, stored=stored)
     plain, _, labels = predict(model, query, recipe, votes=0, seed=seed)
     return 100 * accuracy(plain, labels)
 
 
 def episodes(cfg: FewshotStage, root: Path, way: int, shot: int) -> list:
-    """(support, query, way) of every fold of one setting."""
-    points = cfg.recipe.num_points
+    """(support, query, way, stored support or None) of every fold of one setting."""
+    points, resampled = cfg.recipe.num_points, cfg.protocol == "full" and cfg.recipe.fps_points
     return [
         (
             fewshot_dataset(root, way, shot, fold, "train", points),
             fewshot_dataset(root, way, shot, fold, "test", points),
             way,
+            fewshot_dataset(root, way, shot, fold, "train", None) if resampled else None,
         )
         for fold in range(cfg.folds)
     ]
@@ -68,21 +71,22 @@ def run_stage(cfg: FewshotStage) -> list[dict]:
     manifest = json.loads(resolve(cfg.data_manifest).read_text())
     root = resolve(manifest["roots"]["fewshot"])
     settings = [(way, shot) for way in cfg.ways for shot in cfg.shots]
-    rows = []
+    rows, memos = [], {}
     for way, shot in progress(settings, desc="few-shot settings"):
         folds = episodes(cfg, root, way, shot)
         for checkpoint in cfg.checkpoints:
-            encoder = None
-            if cfg.protocol != "full":  # frozen: one encoder for every episode
+            if cfg.protocol != "full" and checkpoint not in memos:  # frozen: one encoder
                 encoder = load_pretrained(
                     checkpoint, cfg.model, seed=cfg.seed, grouping=cfg.recipe.grouping
                 ).eval()
+                memos[checkpoint] = FeatureMemo(encoder.to(engine.default_device()), cfg.recipe.amp)
             runs = resolve(cfg.out_dir) / checkpoint_name(checkpoint).replace("/", "-")
             accs = []
             for fold, episode in enumerate(folds):
                 out_dir = runs / f"{way}way{shot}shot-fold{fold}"
+                memo = memos.get(checkpoint)
                 accs.append(
-                    episode_accuracy(cfg, checkpoint, episode, cfg.seed + fold, out_dir, encoder)
+                    episode_accuracy(cfg, checkpoint, episode, cfg.seed + fold, out_dir, memo)
                 )
             mean, std = mean_std(accs)
             rows.append(

@@ -18,9 +18,10 @@ import torch.nn.functional as F
 
 from mmpd_core.config import ZeroShotStage, resolve
 from mmpd_core.data import readers
-from mmpd_core.data.captions import ZERO_SHOT_TEMPLATES, class_prompts
+from mmpd_core.data.captions import TEMPLATE_SETS, ZERO_SHOT_TEMPLATES, class_prompts
 from mmpd_core.data.datasets import modelnet40_split
 from mmpd_core.data.transforms import fps_sample, normalize_unit_sphere
+from mmpd_core.engine import default_device
 from mmpd_core.stage1 import load_stage1
 from mmpd_core.tables import write_table
 from mmpd_core.teachers import build_teacher
@@ -50,8 +51,9 @@ def evaluate(model, text_name: str, loader, classes_emb: torch.Tensor) -> dict[s
     model.eval()
     k = classes_emb.shape[0]
     hits1 = hits5 = total = 0
+    device = next(model.parameters()).device
     for batch in loader:
-        scores = logits(model, text_name, batch["points"], classes_emb)  # (B, K)
+        scores = logits(model, text_name, batch["points"].to(device), classes_emb)  # (B, K)
         labels = batch["label"].to(scores.device)
         top = scores.topk(min(5, k), dim=1).indices  # (B, 5)
         hits1 += (top[:, 0] == labels).sum().item()
@@ -105,7 +107,7 @@ def rank_classes(model, text_teacher, text_name, cloud: torch.Tensor, classes, t
     """[(class, cosine similarity)] best first, for one cloud (N, 3)."""
     emb = class_embeddings(text_teacher, classes)
     model.eval()
-    scores = logits(model, text_name, cloud[None], emb)[0]
+    scores = logits(model, text_name, cloud[None].to(next(model.parameters()).device), emb)[0]
     order = scores.argsort(descending=True)[:top]
     return [(classes[i], float(scores[i])) for i in order]
 
@@ -136,17 +138,21 @@ def text_teacher_name(specs: dict[str, dict]) -> str:
 def run_stage(cfg: ZeroShotStage) -> tuple[dict, pd.DataFrame]:
     """Zero-shot on the clean classification test split: writes Table 2 (``out_dir``) and the
     metrics (dvclive ``zeroshot``); returns (metrics, table)."""
+    device = default_device()  # the GPU when there is one
     model, ckpt = load_stage1(cfg.checkpoint)
+    model.to(device)
     name = text_teacher_name(ckpt["teachers"])
-    teacher = build_teacher(ckpt["teachers"][name])
+    teacher = build_teacher(ckpt["teachers"][name], device=device)
     data = json.loads(resolve(cfg.data_manifest).read_text())
     root = resolve(data["roots"]["modelnet40"])
     classes = readers.read_modelnet40_shape_names(root)
-    dat_points = data["config"]["modelnet_points"]
-    dataset = modelnet40_split(root, "test", cfg.num_points, dat_points)
+    dataset = modelnet40_split(root, "test", cfg.num_points)
     loader = torch.utils.data.DataLoader(dataset, batch_size=cfg.batch_size)
-    metrics = evaluate(model, name, loader, class_embeddings(teacher, classes))
+    templates = TEMPLATE_SETS[cfg.templates]
+    metrics = evaluate(model, name, loader, class_embeddings(teacher, classes, templates))
     ours = f"mmpd Stage-1 ({model.encoder.dim}-d, {len(ckpt['teachers'])} teachers)"
+    if cfg.templates != "mmpd20":
+        ours += f", {len(templates)} {cfg.templates[:-2].upper()} templates"
     rows = [
         {"model": ours,
          "data": f"embedded test split, {len(classes)} classes", "top1": 100 * metrics["top1"],

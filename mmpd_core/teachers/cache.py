@@ -20,11 +20,12 @@ import time
 from pathlib import Path
 
 import torch
-from safetensors.torch import load_file, save
+from safetensors.torch import save
 
 from mmpd_core.checkpoint import atomic_write_bytes
 from mmpd_core.config import resolve
 from mmpd_core.data import render
+from mmpd_core.engine import AMP_DTYPES, autocast_context
 from mmpd_core.tracking import progress
 
 RGB, DEPTH = 0, 1
@@ -48,52 +49,82 @@ def view_subset(data_manifest: dict, stride: int = 1) -> list[int]:
     return data_manifest["views_degrees"][::stride]
 
 
-def _record(teacher, data_manifest: dict, degrees, dtype: torch.dtype) -> dict:
-    return {
+def _record(teacher, data_manifest: dict, degrees, dtype: torch.dtype, amp: str) -> dict:
+    record = {
         "fingerprint": teacher.fingerprint(),
         "dataset_sha256": data_manifest["content_sha256"],
         "views_degrees": list(degrees),
         "dtype": str(dtype),
     }
+    return record if amp == "none" else {**record, "amp": amp}
+
+
+class ViewImages(torch.utils.data.Dataset):
+    """Every (shape, view, RGB | depth) image, decoded on demand (in DataLoader workers)."""
+
+    def __init__(self, data_manifest: dict, names, degrees):
+        self.data_manifest, self.names, self.degrees = data_manifest, names, degrees
+        self.jobs = [
+            (s, v, m) for s in range(len(names)) for v in range(len(degrees)) for m in (RGB, DEPTH)
+        ]
+
+    def __len__(self) -> int:
+        return len(self.jobs)
+
+    def __getitem__(self, index: int):
+        s, v, m = self.jobs[index]
+        image = load_view(self.data_manifest, self.names[s], self.degrees[v], m)
+        return image, torch.tensor([s, v, m])
+
+
+def _device(teacher) -> torch.device:
+    return getattr(teacher, "device", torch.device("cpu"))
 
 
 @torch.no_grad()
-def image_features(teacher, data_manifest, names, degrees, batch_size: int) -> torch.Tensor:
-    """(S, V, 2, D) embeddings of the views at ``degrees`` of every shape, RGB and depth."""
-    jobs = [(s, v, m) for s in range(len(names)) for v in range(len(degrees)) for m in (RGB, DEPTH)]
-    out = None
-    for start in progress(range(0, len(jobs), batch_size), desc=f"cache {teacher.name}"):
-        chunk = jobs[start : start + batch_size]
-        images = torch.stack(
-            [load_view(data_manifest, names[s], degrees[v], m) for s, v, m in chunk]
-        )
-        feats = teacher.encode_images(images).float().cpu()  # (b, D)
-        if out is None:
-            out = torch.zeros(len(names), len(degrees), 2, feats.shape[-1])
-        for (s, v, m), f in zip(chunk, feats, strict=True):
-            out[s, v, m] = f
-    return out
+def image_features(
+    teachers, data_manifest, names, degrees, batch_size: int, *, num_workers=0, amp="none"
+) -> dict[str, torch.Tensor]:
+    """(S, V, 2, D) embeddings of the views at ``degrees`` of every shape, RGB and depth, for
+    every image teacher at once: each image is decoded once (in ``num_workers`` DataLoader
+    workers) and every teacher embeds it, under ``amp`` autocast on the teachers' device."""
+    views = ViewImages(data_manifest, names, degrees)
+    loader = torch.utils.data.DataLoader(views, batch_size=batch_size, num_workers=num_workers)
+    out, seconds = {}, {t.name: 0.0 for t in teachers}
+    for images, where in progress(loader, desc="cache image teachers"):
+        s, v, m = where.unbind(1)  # (b,) each
+        for teacher in teachers:
+            tick = time.perf_counter()
+            with autocast_context(_device(teacher), AMP_DTYPES[amp]):
+                feats = teacher.encode_images(images).float().cpu()  # (b, D)
+            seconds[teacher.name] += time.perf_counter() - tick
+            if teacher.name not in out:
+                out[teacher.name] = torch.zeros(len(names), len(degrees), 2, feats.shape[-1])
+            out[teacher.name][s, v, m] = feats
+    return out, seconds
 
 
 @torch.no_grad()
-def text_features(teacher, captions: dict[str, list[str]], names, batch_size: int):
+def text_features(teacher, captions: dict[str, list[str]], names, batch_size: int, amp="none"):
     """(S, C, D) caption embeddings (rows past a shape's count repeat its last caption) and
     the per-shape caption counts (S,)."""
     most = max(len(captions[n]) for n in names)
     padded = [captions[n] + [captions[n][-1]] * (most - len(captions[n])) for n in names]
     flat = [text for texts in padded for text in texts]
-    chunks = [
-        teacher.encode_texts(flat[i : i + batch_size]).float().cpu()
-        for i in progress(range(0, len(flat), batch_size), desc=f"cache {teacher.name}")
-    ]
+    chunks = []
+    for i in progress(range(0, len(flat), batch_size), desc=f"cache {teacher.name}"):
+        with autocast_context(_device(teacher), AMP_DTYPES[amp]):
+            chunks.append(teacher.encode_texts(flat[i : i + batch_size]).float().cpu())
     feats = torch.cat(chunks).view(len(names), most, -1)  # (S, C, D)
     return feats, torch.tensor([len(captions[n]) for n in names])
 
 
 def build_cache(
-    teachers, data_manifest: dict, out_dir, *, view_stride=1, batch_size=64, dtype=torch.float16
-):
-    """Compute (or reuse) every teacher's features; returns the cache manifest."""
+    teachers, data_manifest: dict, out_dir, *, view_stride=1, batch_size=64, dtype=torch.float16,
+    num_workers=0, amp="none",
+):  # fmt: skip
+    """Compute (or reuse) every teacher's features; returns the cache manifest (with the
+    seconds each computed teacher took under ``timings_s``)."""
     degrees = view_subset(data_manifest, view_stride)
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
@@ -103,21 +134,33 @@ def build_cache(
     captions = json.loads(resolve(data_manifest["captions"]).read_text())
     manifest["shapes"], manifest["views_degrees"] = names, degrees
     manifest.setdefault("teachers", {})
+    manifest["timings_s"] = {}
+    stale = []
     for teacher in teachers:
-        record = _record(teacher, data_manifest, degrees, dtype)
-        path = out_dir / f"{teacher.name}.safetensors"
+        record = _record(teacher, data_manifest, degrees, dtype, amp)
         entry = manifest["teachers"].get(teacher.name, {})
-        if entry.get("record") == record and path.is_file():
+        if entry.get("record") == record and (out_dir / f"{teacher.name}.safetensors").is_file():
             entry["spec"] = getattr(teacher, "spec", None)
-            continue  # same teacher, same data: reuse
-        tensors = {}
-        if teacher.modality == "image":
-            tensors["features"] = image_features(teacher, data_manifest, names, degrees, batch_size)
+            manifest["timings_s"][teacher.name] = 0.0  # same teacher, same data: reused
         else:
-            tensors["features"], tensors["counts"] = text_features(
-                teacher, captions, names, batch_size
-            )
+            stale.append((teacher, record))
+    images = [t for t, _ in stale if t.modality == "image"]
+    computed, seconds = {}, {}
+    if images:
+        feats, seconds = image_features(
+            images, data_manifest, names, degrees, batch_size, num_workers=num_workers, amp=amp
+        )
+        computed = {name: {"features": f} for name, f in feats.items()}
+    for teacher, _ in stale:
+        if teacher.modality == "text":
+            tick = time.perf_counter()
+            feats, counts = text_features(teacher, captions, names, batch_size, amp)
+            computed[teacher.name] = {"features": feats, "counts": counts}
+            seconds[teacher.name] = time.perf_counter() - tick
+    for teacher, record in stale:
+        tensors = computed[teacher.name]
         tensors["features"] = tensors["features"].to(dtype).contiguous()
+        path = out_dir / f"{teacher.name}.safetensors"
         data = save(tensors)
         atomic_write_bytes(path, data)
         manifest["teachers"][teacher.name] = {
@@ -128,8 +171,38 @@ def build_cache(
             "shape": list(tensors["features"].shape),
             "spec": getattr(teacher, "spec", None),  # how to rebuild it (build_teacher)
         }
+        manifest["timings_s"][teacher.name] = seconds[teacher.name]
     atomic_write_bytes(manifest_path, json.dumps(manifest, indent=1).encode())
     return manifest
+
+
+def mmap_safetensors(path: str | Path) -> dict[str, torch.Tensor]:
+    """The tensors of a safetensors file as views of a private memory map: pages are read on
+    demand and shared, through the page cache, by every process that maps the file (each DDP
+    rank), instead of one private copy per process; a write stays private (copy on write)."""
+    path = Path(path)
+    with open(path, "rb") as handle:
+        header_len = int.from_bytes(handle.read(8), "little")
+        header = json.loads(handle.read(header_len))
+    storage = torch.UntypedStorage.from_file(str(path), shared=False, nbytes=path.stat().st_size)
+    tensors = {}
+    for name, info in header.items():
+        if name == "__metadata__":
+            continue
+        dtype = _SAFETENSORS_DTYPES[info["dtype"]]
+        begin, end = (8 + header_len + offset for offset in info["data_offsets"])
+        flat = torch.empty(0, dtype=dtype)
+        count = (end - begin) // flat.element_size()
+        flat.set_(storage, begin // flat.element_size(), (count,))
+        tensors[name] = flat.view(info["shape"]) if info["shape"] else flat.view(())
+    return tensors
+
+
+_SAFETENSORS_DTYPES = {
+    "F32": torch.float32, "F16": torch.float16, "BF16": torch.bfloat16, "F64": torch.float64,
+    "I64": torch.int64, "I32": torch.int32, "I16": torch.int16, "I8": torch.int8,
+    "U8": torch.uint8, "BOOL": torch.bool,
+}  # fmt: skip
 
 
 class TeacherCache:
@@ -148,8 +221,8 @@ class TeacherCache:
         missing = sorted(set(wanted) - set(self.manifest["teachers"]))
         if missing:
             raise KeyError(f"{manifest_path}: no cached features for teachers {missing}")
-        self.tensors = {
-            n: load_file(cache_dir / self.manifest["teachers"][n]["file"]) for n in wanted
+        self.tensors = {  # memory-mapped: one copy in the page cache for every rank
+            n: mmap_safetensors(cache_dir / self.manifest["teachers"][n]["file"]) for n in wanted
         }
         self.modality = {n: self.manifest["teachers"][n]["modality"] for n in wanted}
 
@@ -161,13 +234,19 @@ class TargetSource:
     """Teacher targets for a batch of shape positions: cached, or computed ``online``.
 
     ``draw`` picks, per sample, one view and one of RGB/depth (shared by every image teacher:
-    the paper samples one image I per point cloud) and one of the shape's captions.
+    the paper samples one image I per point cloud) and one of the shape's captions, among its
+    first ``caption_top_k`` (0: all; the captions are ranked, so 1 is the paper's "top-1 BLIP-2
+    caption" setting).
     """
 
     def __init__(self, names, modality: dict[str, str], degrees: list[int], dims: dict[str, int]):
         self.names, self.modality, self.degrees, self.dims = names, modality, degrees, dims
         self.cache: TeacherCache | None = None
         self.teachers, self.data_manifest, self.captions = None, None, None
+        self.caption_top_k = 0
+
+    def _usable(self, counts: torch.Tensor) -> torch.Tensor:
+        return counts.clamp(max=self.caption_top_k) if self.caption_top_k else counts
 
     @classmethod
     def from_cache(cls, cache: TeacherCache) -> TargetSource:
@@ -214,7 +293,7 @@ class TargetSource:
             if self.modality[name] == "image":
                 out[name] = feats[indices, pick["view"], pick["modality"]].float()  # (B, D)
             else:
-                caption = (pick["caption"] * tensors["counts"][indices]).long()  # (B,)
+                caption = (pick["caption"] * self._usable(tensors["counts"][indices])).long()
                 out[name] = feats[indices, caption].float()  # (B, D)
         return out
 
@@ -232,35 +311,36 @@ class TargetSource:
                 ]
                 out[teacher.name] = teacher.encode_images(torch.stack(images)).float()
             else:
+                counts = self._usable(torch.tensor([len(self.captions[n]) for n in names]))
                 texts = [
-                    self.captions[n][int(u * len(self.captions[n]))]
-                    for n, u in zip(names, pick["caption"].tolist(), strict=True)
+                    self.captions[n][int(u * c)]
+                    for n, u, c in zip(
+                        names, pick["caption"].tolist(), counts.tolist(), strict=True
+                    )
                 ]
                 out[teacher.name] = teacher.encode_texts(texts).float()
         return out
 
 
 def run_stage(cfg) -> dict:
-    """The ``teacher_cache`` stage: build the teachers of ``cfg.teachers`` and cache them."""
+    """The ``teacher_cache`` stage: build the teachers of ``cfg.teachers`` (on the GPU when
+    there is one) and cache their features, every image teacher in one pass over the views."""
     from mmpd_core.teachers import build_teacher
 
     data_manifest = json.loads(resolve(cfg.data_manifest).read_text())
     device = "cuda" if torch.cuda.is_available() else "cpu"
-    out_dir, timings = resolve(cfg.out_dir), {}
-    manifest = {}
+    teachers = []
     for spec in cfg.teachers:
-        start = time.perf_counter()
         teacher = build_teacher(spec, device=device)
         teacher.spec = dict(spec)
-        manifest = build_cache(
-            [teacher],
-            data_manifest,
-            out_dir,
-            view_stride=cfg.view_stride,
-            batch_size=cfg.batch_size,
-            dtype=getattr(torch, cfg.dtype),
-        )
-        timings[spec["name"]] = time.perf_counter() - start
-    manifest["timings_s"] = timings
-    atomic_write_bytes(out_dir / "manifest.json", json.dumps(manifest, indent=1).encode())
-    return manifest
+        teachers.append(teacher)
+    return build_cache(
+        teachers,
+        data_manifest,
+        resolve(cfg.out_dir),
+        view_stride=cfg.view_stride,
+        batch_size=cfg.batch_size,
+        dtype=getattr(torch, cfg.dtype),
+        num_workers=cfg.num_workers,
+        amp=cfg.amp,
+    )
