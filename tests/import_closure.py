@@ -8,6 +8,9 @@ import json
 from pathlib import Path
 
 PACKAGE = "mmpd_core"
+# Names the package's ``__init__`` loads lazily (PEP 562 ``__getattr__``), with their module:
+# ``from mmpd_core import create_model`` runs ``mmpd_core/models``.
+LAZY = {name: "mmpd_core.models" for name in ("MODELS", "Backbone", "create_model", "load_encoder")}
 
 
 def module_file(root: Path, dotted: str) -> Path | None:
@@ -33,6 +36,8 @@ def imported_modules(tree: ast.AST, current: str = "") -> set[str]:
             if base.split(".")[0] == PACKAGE:
                 names.add(base)
                 names.update(f"{base}.{a.name}" for a in node.names)
+                if base == PACKAGE:
+                    names.update(LAZY[a.name] for a in node.names if a.name in LAZY)
     return names
 
 

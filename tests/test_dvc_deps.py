@@ -18,7 +18,7 @@ from pathlib import Path
 import pytest
 from conftest import REPO_ROOT
 from dvc.repo import Repo
-from import_closure import notebook_closure
+from import_closure import imported_modules, notebook_closure
 
 from mmpd_core import config
 
@@ -63,6 +63,27 @@ def test_stage_declares_every_library_file_its_notebook_imports(stage):
     assert "mmpd_core/__init__.py" in needed and stage["notebook"] in stage["deps"]
     missing = [f for f in needed if not covered(f, stage["deps"])]
     assert not missing, f"{stage['name']}: add to its deps in dvc.yaml: {missing}"
+
+
+@pytest.mark.parametrize("stage", STAGES, ids=lambda s: s["name"])
+def test_stage_declares_no_library_file_its_notebook_does_not_import(stage):
+    """The other half of exact deps: an edit to a module a stage never runs must not make
+    it stale (tests/test_pipeline.py checks this on a real `dvc status`)."""
+    files = notebook_closure(REPO_ROOT, REPO_ROOT / stage["notebook"])
+    needed = [str(f.relative_to(REPO_ROOT)) for f in files]
+    library = [d for d in stage["deps"] if d.startswith("mmpd_core")]
+    extra = [d for d in library if not any(covered(f, [d]) for f in needed)]
+    assert not extra, f"{stage['name']}: remove from its deps in dvc.yaml: {extra}"
+
+
+def test_the_closure_knows_the_names_the_package_loads_lazily():
+    from import_closure import LAZY, closure
+
+    import mmpd_core
+
+    assert set(LAZY) == set(mmpd_core.__all__)
+    files = closure(REPO_ROOT, imported_modules(ast.parse("from mmpd_core import load_encoder")))
+    assert REPO_ROOT / "mmpd_core/models/__init__.py" in files
 
 
 def config_loads(notebook: Path) -> list[str]:

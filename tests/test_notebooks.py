@@ -32,9 +32,10 @@ def test_notebook_is_clean_and_parameterised(path):
 def test_stage_runner_starts_without_torch():
     """Every DVC stage runs ``python -m mmpd_core.cli notebook``: the launcher must not import
     torch (about 2 s per stage on 2 cores; the kernel imports it anyway), while the package's
-    top-level names still resolve on first use."""
+    top-level names still resolve on first use. Nor the IRI grammar jsonschema would build."""
     probe = (
         "import sys, mmpd_core.cli, mmpd_core.runner; assert 'torch' not in sys.modules;"
+        "assert 'lark' not in sys.modules;"
         "from mmpd_core import create_model; assert 'torch' in sys.modules"
     )
     subprocess.run([sys.executable, "-c", probe], check=True, cwd=REPO_ROOT)

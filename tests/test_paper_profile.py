@@ -94,7 +94,7 @@ def paper_repo(tmp_path_factory):
         smoke=True,
         **{
             "data_prep.paper.blip2_model": str(assets / "blip2"),
-            "data_prep.paper.caption_clip": {"model": clip},
+            "data_prep.paper.caption_clip": {"model": clip, "pretrained": None},
             "teacher_cache.paper.teachers": teachers,
         },
     )

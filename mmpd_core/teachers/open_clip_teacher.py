@@ -77,7 +77,12 @@ def _open_clip_weights(model: str, pretrained, allow_random: bool) -> tuple[Path
     tag_cfg = open_clip.get_pretrained_cfg(model, pretrained)
     if not tag_cfg:
         tags = open_clip.list_pretrained_tags_by_model(model)
-        raise FileNotFoundError(f"open_clip {model!r}: {pretrained!r} is no file and no tag {tags}")
+        hint = ""
+        if model.startswith(("local-dir:", "hf-hub:")):
+            hint = "; a local-dir:/hf-hub: model carries its weights: set pretrained to null"
+        raise FileNotFoundError(
+            f"open_clip {model!r}: {pretrained!r} is no file and no tag {tags}{hint}"
+        )
     return None, tag_cfg
 
 
