@@ -1,7 +1,13 @@
 import numpy as np
 import pytest
 
-from mmpd_core.data.captions import ZERO_SHOT_TEMPLATES, class_prompts, shape_captions
+from mmpd_core.data.captions import (
+    TEMPLATE_SETS,
+    ULIP_TEMPLATES,
+    ZERO_SHOT_TEMPLATES,
+    class_prompts,
+    shape_captions,
+)
 from mmpd_core.data.primitives import box, cylinder, sphere, torus
 from mmpd_core.data.shapes import CATEGORIES, sample_shape
 from mmpd_core.data.synthetic import (
@@ -134,3 +140,12 @@ def test_captions_are_diverse_and_describe_the_shape():
     assert any(f in c for c in caps for f in features)
     assert class_prompts("monitor")[0] == "a point cloud model of computer monitor."
     assert len(class_prompts("cup")) == len(ZERO_SHOT_TEMPLATES)
+
+
+def test_ulip_templates_are_its_64_distinct_prompts_for_the_paper_rows():
+    assert TEMPLATE_SETS == {"mmpd20": ZERO_SHOT_TEMPLATES, "ulip64": ULIP_TEMPLATES}
+    assert len(ULIP_TEMPLATES) == len(set(ULIP_TEMPLATES)) == 64
+    assert all(t.count("{}") == 1 for t in ULIP_TEMPLATES)
+    prompts = class_prompts("monitor", ULIP_TEMPLATES)
+    assert prompts[:2] == ["a point cloud model of computer monitor.",
+                           "There is a computer monitor in the scene."]  # fmt: skip
