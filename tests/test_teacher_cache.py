@@ -54,9 +54,11 @@ def test_cache_shapes_reuse_and_invalidation(data, tmp_path):
     )
     assert cache_manifest["teachers"]["img"]["shape"] == [40, 3, 2, 8]
     assert cache_manifest["teachers"]["txt"]["shape"] == [40, 2, 5]
-    calls = image.calls
-    build_cache([image, text], manifest, tmp_path, batch_size=7, dtype=torch.float32)
+    calls, written = image.calls, (tmp_path / "manifest.json").read_bytes()
+    again = build_cache([image, text], manifest, tmp_path, batch_size=7, dtype=torch.float32)
     assert image.calls == calls  # same teacher, same data: nothing recomputed
+    assert again["timings_s"] == {"img": 0.0, "txt": 0.0} and b"timings_s" not in written
+    assert (tmp_path / "manifest.json").read_bytes() == written  # DVC sees the same output
     build_cache([FakeImageTeacher(version=2)], manifest, tmp_path, dtype=torch.float32)
     cache = TeacherCache(tmp_path)
     first = cache.tensors["img"]["features"]

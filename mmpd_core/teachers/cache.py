@@ -123,8 +123,9 @@ def build_cache(
     teachers, data_manifest: dict, out_dir, *, view_stride=1, batch_size=64, dtype=torch.float16,
     num_workers=0, amp="none",
 ):  # fmt: skip
-    """Compute (or reuse) every teacher's features; returns the cache manifest (with the
-    seconds each computed teacher took under ``timings_s``)."""
+    """Compute (or reuse) every teacher's features; returns the cache manifest with the
+    seconds each computed teacher took under ``timings_s`` (only in the returned copy: the
+    manifest file stays the same bytes when the same features are computed again)."""
     degrees = view_subset(data_manifest, view_stride)
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
@@ -134,14 +135,15 @@ def build_cache(
     captions = json.loads(resolve(data_manifest["captions"]).read_text())
     manifest["shapes"], manifest["views_degrees"] = names, degrees
     manifest.setdefault("teachers", {})
-    manifest["timings_s"] = {}
+    manifest.pop("timings_s", None)  # written by earlier versions
+    timings = {}
     stale = []
     for teacher in teachers:
         record = _record(teacher, data_manifest, degrees, dtype, amp)
         entry = manifest["teachers"].get(teacher.name, {})
         if entry.get("record") == record and (out_dir / f"{teacher.name}.safetensors").is_file():
             entry["spec"] = getattr(teacher, "spec", None)
-            manifest["timings_s"][teacher.name] = 0.0  # same teacher, same data: reused
+            timings[teacher.name] = 0.0  # same teacher, same data: reused
         else:
             stale.append((teacher, record))
     images = [t for t, _ in stale if t.modality == "image"]
@@ -171,9 +173,9 @@ def build_cache(
             "shape": list(tensors["features"].shape),
             "spec": getattr(teacher, "spec", None),  # how to rebuild it (build_teacher)
         }
-        manifest["timings_s"][teacher.name] = seconds[teacher.name]
+        timings[teacher.name] = seconds[teacher.name]
     atomic_write_bytes(manifest_path, json.dumps(manifest, indent=1).encode())
-    return manifest
+    return {**manifest, "timings_s": timings}
 
 
 def mmap_safetensors(path: str | Path) -> dict[str, torch.Tensor]:
