@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import matplotlib.pyplot as plt
 import numpy as np
@@ -66,6 +67,13 @@ def figure(panels: list[dict], titles: dict[str, str], caption: str):
     return fig
 
 
+def save_figure(fig, stem: Path) -> None:
+    """``stem``.png and .pdf, the same bytes for the same figure (no creation date in the PDF),
+    so a rerun that draws the same figure leaves the stage's outputs unchanged for DVC."""
+    fig.savefig(stem.with_suffix(".png"), dpi=150)
+    fig.savefig(stem.with_suffix(".pdf"), dpi=150, metadata={"CreationDate": None})
+
+
 def run_stage(cfg: TsneStage):
     """The ``tsne`` stage: one panel per checkpoint; writes ``tsne_<dataset>.{png,pdf}`` and
     the silhouette scores (``cfg.results``). Returns (panels, figure)."""
@@ -77,8 +85,7 @@ def run_stage(cfg: TsneStage):
     fig = figure(panels, LABELS, caption)
     out = resolve(cfg.out_dir)
     out.mkdir(parents=True, exist_ok=True)
-    for suffix in ("png", "pdf"):
-        fig.savefig(out / f"tsne_{name}.{suffix}", dpi=150)
+    save_figure(fig, out / f"tsne_{name}")
     scores = {
         p["checkpoint"]: {
             k: v for k, v in p.items() if k not in ("checkpoint", "embedding", "labels")

@@ -274,6 +274,19 @@ def test_tsne_is_seeded_and_silhouette_tracks_separation():
     assert silhouette_score(a, rng.permutation(labels)) < 0.1
 
 
+def test_a_redrawn_figure_is_saved_as_the_same_bytes(tmp_path):
+    import time
+
+    panel = {"checkpoint": "scratch", "embedding": np.eye(3)[:, :2], "labels": np.arange(3),
+             "silhouette_tsne": 0.5, "silhouette_features": 0.4, "samples": 3}  # fmt: skip
+    for name in ("a", "b"):
+        viz.save_figure(viz.figure([panel], {"scratch": "scratch"}, "caption"), tmp_path / name)
+        time.sleep(1.1)  # a PDF creation date would now differ
+    for suffix in (".png", ".pdf"):
+        first, second = (tmp_path / f"{n}{suffix}" for n in "ab")
+        assert first.read_bytes() == second.read_bytes()
+
+
 def test_released_point_mae_checkpoint_is_a_finetune_starting_point(tmp_path):
     from test_upstream import to_upstream, write
 
