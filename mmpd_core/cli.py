@@ -58,10 +58,11 @@ def prepare_command(args) -> None:
 
     from mmpd_core import config
     from mmpd_core.data import prep
+    from mmpd_core.distributed import barrier
 
     manifest = prep.run_stage(config.load("data_prep", smoke=args.smoke))
+    barrier()
     if dist.is_available() and dist.is_initialized():
-        dist.barrier()
         dist.destroy_process_group()
     if manifest is not None:
         print(f"done: {manifest['files']} files, captions {manifest['captions']}")

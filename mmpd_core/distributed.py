@@ -133,5 +133,11 @@ def all_ranks(flag: bool) -> bool:
     return bool(value.item())
 
 
+def barrier() -> None:
+    """Wait for every rank; nothing to wait for without a process group (one process)."""
+    if dist.is_available() and dist.is_initialized():
+        dist.barrier()
+
+
 def comm_device() -> torch.device:
     return torch.device("cuda") if dist.get_backend() == "nccl" else torch.device("cpu")

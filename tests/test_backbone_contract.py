@@ -165,3 +165,14 @@ def test_unknown_names_are_errors_that_list_the_known_ones(tmp_path):
     save_checkpoint(tmp_path / "x.safetensors", {}, config={"arch": "pointnet2"})
     with pytest.raises(KeyError, match=r"x\.safetensors: unknown architecture 'pointnet2'; known"):
         load_encoder(tmp_path / "x.safetensors")
+
+
+def test_an_architecture_missing_a_contract_method_cannot_be_built():
+    from mmpd_core.models.contract import Backbone
+
+    class Incomplete(Backbone):
+        def group(self, points):
+            return None
+
+    with pytest.raises(TypeError, match="abstract"):
+        Incomplete()

@@ -27,13 +27,12 @@ from pathlib import Path
 
 import numpy as np
 import torch
-import torch.distributed as dist
 
 from mmpd_core.config import PROJECT_ROOT, DataPrepStage, resolve
 from mmpd_core.data import captioning, captions, readers, render, synthetic
 from mmpd_core.data.shapes import CATEGORIES, Shape, sample_shape
 from mmpd_core.data.transforms import normalize_unit_sphere
-from mmpd_core.distributed import WorldInfo, setup_distributed, world_info
+from mmpd_core.distributed import WorldInfo, barrier, setup_distributed, world_info
 from mmpd_core.engine import default_device
 from mmpd_core.geometry import estimate_normals, farthest_point_sample, gather_points
 from mmpd_core.tracking import progress
@@ -218,7 +217,7 @@ def make_captions(
             cfg, renders, names, degrees, folder,
             rank=world.rank, world_size=world.world_size, device=device,
         )  # fmt: skip
-        _barrier()
+        barrier()
         if not world.is_main:
             return None
         captioning.caption_shard(cfg, renders, names, degrees, folder, device=device)  # leftovers
@@ -228,11 +227,6 @@ def make_captions(
     if not world.is_main:
         return None
     return {name: _template_captions(cfg, name, attributes.get(name) or {}) for name in names}
-
-
-def _barrier() -> None:
-    if dist.is_available() and dist.is_initialized():
-        dist.barrier()
 
 
 def _template_captions(cfg, name: str, attributes: dict) -> list[str]:
@@ -331,7 +325,7 @@ def run_stage(cfg: DataPrepStage) -> dict | None:
             modelnet = write_modelnet(cfg, out)
             write_fewshot(cfg, out, modelnet)
             write_scanobjectnn(cfg, out)
-    _barrier()
+    barrier()
     timings["datasets_s"] = time.perf_counter() - start
     names = [
         n for s in readers.SPLITS for n in readers.read_shapenet55_split(roots["shapenet55"], s)
@@ -345,7 +339,7 @@ def run_stage(cfg: DataPrepStage) -> dict | None:
     elif world.is_main or cfg.source == "real":  # procedural shapes live on rank 0 only
         shard = names[world.rank :: world.world_size] if cfg.source == "real" else names
         write_renders(cfg, roots["shapenet55"], renders, shard, shapes)
-    _barrier()
+    barrier()
     timings["render_s"] = time.perf_counter() - start
     start = time.perf_counter()
     attributes = {name: shape.attributes for name, shape in shapes.items()}

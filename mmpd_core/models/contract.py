@@ -49,6 +49,7 @@ fixes initialisation and masking; gradients reach every parameter; save / load r
 
 from __future__ import annotations
 
+import abc
 from dataclasses import dataclass, field
 from typing import ClassVar, TypedDict
 
@@ -80,8 +81,9 @@ class Encoding(TypedDict):
     cls: torch.Tensor | None  # (B, D)
 
 
-class Backbone(nn.Module):
-    """Base class of every registered point encoder; see the module docstring."""
+class Backbone(nn.Module, metaclass=abc.ABCMeta):
+    """Base class of every registered point encoder; see the module docstring. The methods
+    below are abstract: an architecture that misses one cannot be instantiated."""
 
     arch: ClassVar[str] = ""
     config_class: ClassVar[type] = object
@@ -90,26 +92,32 @@ class Backbone(nn.Module):
     global_dim: int
     patch_points: int
 
+    @abc.abstractmethod
     def group(self, points: torch.Tensor) -> Patches:
-        raise NotImplementedError
+        """The cloud (B, N, 3) as patches and centres at the distillation level."""
 
+    @abc.abstractmethod
     def random_masking(
         self, patches: Patches, ratio: float, generator: torch.Generator | None = None
     ) -> Masking:
-        raise NotImplementedError
+        """The backbone's own masking of ``ratio`` of the tokens."""
 
+    @abc.abstractmethod
     def forward_visible(self, patches: Patches, masking: Masking) -> Encoding:
-        raise NotImplementedError
+        """The visible patches only (the Stage-2 student)."""
 
+    @abc.abstractmethod
     def forward_patches(self, patches: Patches, layers: tuple[int, ...] = ()) -> dict:
-        raise NotImplementedError
+        """Every patch: tokens, cls and the requested intermediate layers."""
 
     @staticmethod
+    @abc.abstractmethod
     def pool(tokens: torch.Tensor, cls: torch.Tensor | None) -> torch.Tensor:
-        raise NotImplementedError
+        """The global feature (B, global_dim) from tokens and cls."""
 
+    @abc.abstractmethod
     def make_head(self, num_classes: int) -> nn.Module:
-        raise NotImplementedError
+        """A classification head on the global feature."""
 
     def forward_features(self, points: torch.Tensor, layers: tuple[int, ...] = ()) -> dict:
         """The whole cloud (B, N, 3) -> ``Features`` (a dict: tokens, cls, global, centers)."""
