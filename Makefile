@@ -8,7 +8,7 @@ TORCH := torch==2.14.1 torchvision==0.29.1
 STAMP := $(VENV)/.installed
 export PATH := $(abspath $(BIN)):$(PATH)
 
-.PHONY: install test test-fast lint format repro bench strip clean
+.PHONY: install test test-fast lint format repro repro-cpu repro-profile select bench strip clean
 
 $(BIN)/python:
 	$(PYTHON) -c 'import sys; assert sys.version_info >= (3, 10), "mmpd needs Python >= 3.10"'
@@ -45,6 +45,29 @@ strip: install
 repro: install
 	$(BIN)/dvc repro
 	$(BIN)/python -m mmpd_core.cli summary
+
+# Recipes chosen on held-out training shapes (reports/selection/<profile>/): needs Stage-1.
+select: install
+	$(BIN)/dvc repro pretrain_stage1
+	$(BIN)/python -m mmpd_core.cli select
+
+# The cpu profile (<= 90 min on 2 cores) in a fresh clone of HEAD (committed code), so the
+# embedded results here stay as they are; its tables, per-run results and wall time land in
+# reports/profiles/cpu/.
+CPU_RUN ?= /tmp/mmpd-cpu-profile
+PROFILE ?= cpu
+repro-cpu: install
+	rm -rf $(CPU_RUN) && git clone --quiet $(CURDIR) $(CPU_RUN)
+	$(MAKE) -C $(CPU_RUN) repro-profile PROFILE=cpu
+	rm -rf reports/profiles/cpu && mkdir -p reports/profiles/cpu
+	cp -r $(CPU_RUN)/reports/tables $(CPU_RUN)/reports/results $(CPU_RUN)/profile_run.json \
+	  reports/profiles/cpu/
+
+# The pipeline under another profile, here (`dvc exp run -S profile=...`), timed.
+repro-profile: install
+	start=$$(date +%s) && $(BIN)/dvc exp run -S profile=$(PROFILE) && \
+	  printf '{"profile": "%s", "git": "%s", "wall_s": %s}\n' $(PROFILE) \
+	  "$$(git rev-parse HEAD)" "$$(( $$(date +%s) - start ))" > profile_run.json
 
 bench: install
 	$(BIN)/python benchmarks/bench_geometry.py

@@ -8,6 +8,8 @@ other application layer). ``python -m mmpd_core.cli --help``.
   with a Stage-1 model;
 - ``stage1`` / ``stage2 [--variant NAME]``: pretraining from params.yaml, the entry points
   for ``torchrun --nproc_per_node N -m mmpd_core.cli stage2`` (DDP);
+- ``select [--profile P]``: score the recipe candidates of params.yaml's ``selection`` on
+  held-out training shapes (``mmpd_core.selection``; ``make select``);
 - ``prepare``: the data_prep stage's work; under ``torchrun`` the ranks share the rendering and
   the BLIP-2 captioning (logged to ``data_prep.caption_cache``, which ``dvc repro data_prep``
   then reuses instead of captioning again).
@@ -49,8 +51,21 @@ def pretrain_command(args) -> None:
         args.command
     ]
     cfg = config.load(stage, smoke=args.smoke, variant=args.variant)
-    result = module.run_stage(cfg, resume=args.resume)
-    print(f"done: {result.final}")
+    for run, result in zip(
+        config.seed_runs(cfg), module.run_stage(cfg, resume=args.resume), strict=True
+    ):
+        print(f"done: {run.out_dir} (seed {run.seed}): {result.final}")
+
+
+def select_command(args) -> None:
+    from mmpd_core import config, selection
+
+    params = config.read_params()
+    profile = args.profile or params.get("profile", "embedded")
+    smoke = params.get("smoke", False) if args.smoke is None else args.smoke
+    cfg = config.load("selection", smoke=smoke, profile=profile)
+    for run, choice in selection.run_stage(cfg, profile, smoke).items():
+        print(f"{run}: {choice['candidate']} (validation {choice['val_acc']:.1f} %)")
 
 
 def prepare_command(args) -> None:
@@ -102,6 +117,10 @@ def main(argv=None) -> None:
     zs.add_argument("--top", type=int, default=5)
     zs.add_argument("--points", type=int, default=1024, help="FPS the cloud down to this many")
     zs.set_defaults(run=zeroshot_command)
+    se = sub.add_parser("select", help="score recipe candidates on held-out training shapes")
+    se.add_argument("--smoke", action="store_true", default=None)
+    se.add_argument("--profile", default=None, help="default: params.yaml's profile")
+    se.set_defaults(run=select_command)
     pr = sub.add_parser("prepare", help="data_prep from params.yaml (torchrun: sharded)")
     pr.add_argument("--smoke", action="store_true", default=None)
     pr.set_defaults(run=prepare_command)

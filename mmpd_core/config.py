@@ -1,8 +1,9 @@
 """params.yaml -> one frozen, typed dataclass per stage.
 
 Config flows one way. ``load(stage)`` takes the stage's section of ``params.yaml`` and merges
-onto it, deeply (OmegaConf), its ``paper`` part when the top-level ``profile`` is ``paper``, a
-named variant (``variants.<stage>.<name>``), its ``smoke`` part when ``smoke`` is on, and the
+onto it, deeply (OmegaConf), its ``cpu`` or ``paper`` part when the top-level ``profile`` names
+one (``embedded``, the default, has none), a named variant (``variants.<stage>.<name>``, and
+its own profile part), its ``smoke`` part when ``smoke`` is on, and the
 caller's overrides (notebook parameters); derived fields are filled in (``_DERIVED``) and the
 result is validated field by field into the stage's frozen dataclass (pydantic): a wrong type,
 a missing or an unknown key is an error naming the file and the key. A papermill string such
@@ -13,13 +14,17 @@ must declare it in ``dvc.yaml`` (a test checks), so ``dvc status`` never misses 
 
 Runs are referred to by name everywhere (params, tables): ``scratch``, ``stage1``, ``stage2``
 or ``<stage1|stage2>:<variant>``; ``run_dir`` is the one place that maps a name to its
-directory (``runs/stage2_variants/<variant>``); any other value is a path.
+directory (``runs/stage2_variants/<variant>``); any other value is a path. A pretraining
+stage trains ``pretrain_seeds`` independent runs of its name: ``<name>@<k>`` is the k-th
+(``stage2@1`` -> ``runs/stage2/seed1``; ``@0`` is the name itself), and a claim about a
+pretraining method is read across them (``seed_refs``).
 """
 
 from __future__ import annotations
 
 import copy
 import dataclasses
+import json
 import platform
 from dataclasses import dataclass
 from pathlib import Path
@@ -34,7 +39,8 @@ from mmpd_core.checkpoint import git_sha
 
 PROJECT_ROOT = Path(__file__).resolve().parent.parent
 PARAMS_FILE = PROJECT_ROOT / "params.yaml"
-PROFILES = ("embedded", "paper")
+PROFILES = ("embedded", "cpu", "paper")  # embedded: the section itself; else its part
+PROFILE_PARTS = PROFILES[1:]
 STRICT = ConfigDict(extra="forbid")  # unknown keys are errors
 
 
@@ -118,6 +124,11 @@ class Schedule:
     amp: Literal["none", "bf16"]
 
 
+def _check_seeds(cfg) -> None:
+    if cfg.pretrain_seeds < 1:
+        raise ValueError(f"pretrain_seeds must be at least 1, got {cfg.pretrain_seeds}")
+
+
 @dataclass(frozen=True)
 class Stage1Stage(Schedule):
     """The ``pretrain_stage1`` stage: multi-teacher alignment (Eq. 3)."""
@@ -130,12 +141,18 @@ class Stage1Stage(Schedule):
     data_manifest: str
     cache_dir: str
     online: bool  # run the teachers in the loop instead of reading the cache
+    captions: Literal["named", "unnamed"]  # unnamed: never the category (Table 2, captions ✗)
     num_points: int
     accumulation: int
     num_workers: int
+    pretrain_seeds: int  # independent runs of this name (seeds seed, seed+1, ...)
     seed: int
+    run: str  # derived: the run's name (stage1, stage1:clip_like, ...)
     out_dir: str  # derived from the run name (run_dir)
     live_dir: str  # dvclive directory, derived likewise
+
+    def __post_init__(self):
+        _check_seeds(self)
 
 
 @dataclass(frozen=True)
@@ -162,11 +179,14 @@ class Stage2Stage(Schedule):
     num_points: int
     accumulation: int
     num_workers: int
+    pretrain_seeds: int  # independent runs of this name (seeds seed, seed+1, ...)
     seed: int
+    run: str  # derived: the run's name (stage2, stage2:no_shuffle, ...)
     out_dir: str
     live_dir: str
 
     def __post_init__(self):
+        _check_seeds(self)
         if self.local_target == "none" and not self.global_distill:
             raise ValueError("nothing to train: local_target 'none' and global_distill false")
         if not self.teacher and not self.joint:
@@ -266,6 +286,7 @@ class ReportStage:
     ablations: str  # results CSV of the ablation grid (Tables 4, 7, 8, 11)
     ablation_protocol: Protocol
     fewshot: str
+    zeroshot: str  # per-run zero-shot accuracies (the claims table)
     model: str  # backbone whose parameter count Table 5 lists
     out_dir: str
 
@@ -275,12 +296,38 @@ class ZeroShotStage:
     """The ``zeroshot`` stage: Table 2 on the clean classification test split."""
 
     __pydantic_config__ = STRICT
-    checkpoint: str  # a Stage-1 run (its checkpoint names the text teacher)
+    checkpoints: tuple[str, ...]  # Stage-1 runs (each checkpoint names its text teacher)
     data_manifest: str
     num_points: int
     batch_size: int
     templates: Literal["mmpd20", "ulip64"]  # prompt templates (paper: ULIP's 64)
     out_dir: str
+    results: str  # per-run accuracies (JSON)
+
+
+@dataclass(frozen=True)
+class SelectionStage:
+    """``selection`` (``mmpd_core.selection``, ``make select``): recipe candidates scored on a
+    validation split of the training shapes."""
+
+    __pydantic_config__ = STRICT
+    val_fraction: float  # of each class's training shapes, held out
+    datasets: tuple[str, ...]
+    seeds: int  # independent runs per candidate
+    seed: int
+    pretraining: dict[str, tuple[dict, ...]]  # Stage-2 run name -> candidates (overrides)
+    encoder: str  # the run whose fine-tuning recipe candidates are scored
+    transfer: tuple[dict, ...]  # candidates: recipe overrides
+    model: str
+    data_manifest: str
+    recipes: dict[str, Recipe]
+    out_dir: str  # scores and choices: <out_dir>/<profile>/
+    runs_dir: str  # the candidates' runs (not tracked)
+
+    def __post_init__(self):
+        stages = {run.partition(":")[0] for run in self.pretraining}
+        if stages - {"stage2"}:
+            raise ValueError(f"selection.pretraining: Stage-2 runs only, got {sorted(stages)}")
 
 
 STAGES: dict[str, type] = {
@@ -296,6 +343,7 @@ STAGES: dict[str, type] = {
     "tsne": TsneStage,
     "report": ReportStage,
     "zeroshot": ZeroShotStage,
+    "selection": SelectionStage,
 }
 
 # ---------------------------------------------------------------------------- run names
@@ -303,21 +351,78 @@ STAGES: dict[str, type] = {
 RUNS = {"stage1": "pretrain_stage1", "stage2": "pretrain_stage2"}  # run name -> its stage
 
 
+SEED_MARK = "@"  # stage2@1: the second independent run of stage2
+
+
+def split_seed(ref: str) -> tuple[str, int]:
+    """``stage2:no_shuffle@1`` -> (``stage2:no_shuffle``, 1); no mark -> (ref, 0)."""
+    name, mark, k = ref.rpartition(SEED_MARK)
+    if not mark or ref.partition(":")[0].partition(SEED_MARK)[0] not in RUNS:
+        return ref, 0
+    if not k.isdigit():
+        raise ValueError(f"run {ref!r}: the seed after {SEED_MARK!r} must be a number")
+    return name, int(k)
+
+
+def seeded(ref: str, k: int) -> str:
+    """The k-th independent run of a run name (``stage2``, 1 -> ``stage2@1``); scratch, "" and
+    paths have one run and come back unchanged."""
+    name, _ = split_seed(ref)
+    if k == 0 or name.partition(":")[0] not in RUNS:
+        return name if name.partition(":")[0] in RUNS else ref
+    return f"{name}{SEED_MARK}{k}"
+
+
 def run_dir(ref: str) -> str:
     """The directory of a run name (``stage2`` -> ``runs/stage2``; ``stage2:no_shuffle`` ->
-    ``runs/stage2_variants/no_shuffle``); ``scratch``, "" and paths come back unchanged."""
+    ``runs/stage2_variants/no_shuffle``; ``stage2@1`` -> ``runs/stage2/seed1``); ``scratch``,
+    "" and paths come back unchanged."""
+    ref, k = split_seed(ref)
     name, _, variant = ref.partition(":")
     if name not in RUNS:
         return ref
-    return f"runs/{name}_variants/{variant}" if variant else f"runs/{name}"
+    base = f"runs/{name}_variants/{variant}" if variant else f"runs/{name}"
+    return f"{base}/seed{k}" if k else base
 
 
 def live_dir(ref: str) -> str:
-    """The dvclive directory of a pretraining run name."""
+    """The dvclive directory of a pretraining run name (its k-th seed: under ``seeds/``)."""
+    ref, k = split_seed(ref)
     name, _, variant = ref.partition(":")
-    return (
+    base = (
         f"reports/dvclive/{name}_variants/{variant}" if variant else f"reports/dvclive/{RUNS[name]}"
     )
+    return f"{base}/seeds/seed{k}" if k else base
+
+
+SEEDS_FILE = "seeds.json"  # in a run's directory: how many independent runs it holds
+
+
+def seed_refs(ref: str) -> list[str]:
+    """Every independent run of a run name, as its stage recorded them (``runs/<name>/
+    seeds.json``): ``stage2`` -> [``stage2``, ``stage2@1``]; one for scratch, paths, ``@k``."""
+    name, k = split_seed(ref)
+    record = resolve(run_dir(name)) / SEEDS_FILE
+    if k or name.partition(":")[0] not in RUNS or not record.is_file():
+        return [ref]
+    count = len(json.loads(record.read_text())["seeds"])
+    return [seeded(name, i) for i in range(count)]
+
+
+def seed_runs(cfg):
+    """A pretraining config per independent run: seed ``seed + k``, the run ``<run>@k``'s
+    directories, and its teacher / init runs taken at the same k (Stage-2 seed k distils
+    Stage-1 seed k)."""
+    runs = []
+    for k in range(cfg.pretrain_seeds):
+        ref = seeded(cfg.run, k)
+        fields = {"seed": cfg.seed + k, "out_dir": run_dir(ref), "live_dir": live_dir(ref)}
+        for key in ("teacher", "init"):  # run names follow the seed; paths, "" and modes stay
+            value = getattr(cfg, key, "")
+            if value and value.partition(":")[0] in RUNS:
+                fields[key] = seeded(value, k)
+        runs.append(dataclasses.replace(cfg, **fields))
+    return runs
 
 
 def run_name(stage: str, variant: str = "") -> str:
@@ -370,10 +475,11 @@ def merge(*parts: dict) -> dict:
 
 
 def _section(params: _Params, name: str, profile: str, smoke: bool, variant: str = "") -> dict:
-    """A section with its paper part (paper profile), a variant and its smoke part merged in."""
+    """A section with its profile part, a variant (and its profile part) and its smoke part
+    merged in."""
     section = params.get(name) or {}
-    base = {k: v for k, v in section.items() if k not in ("paper", "smoke")}
-    parts = [base, (section.get("paper") or {}) if profile == "paper" else {}]
+    base = {k: v for k, v in section.items() if k not in ("smoke", *PROFILE_PARTS)}
+    parts = [base, (section.get(profile) or {}) if profile in PROFILE_PARTS else {}]
     if variant:
         known = (params.data.get("variants") or {}).get(name) or {}
         if name not in RUNS.values() or variant not in known:
@@ -382,8 +488,8 @@ def _section(params: _Params, name: str, profile: str, smoke: bool, variant: str
                 f"{sorted(known)}"
             )
         overrides = params.get(f"variants.{name}.{variant}") or {}
-        parts.append({k: v for k, v in overrides.items() if k != "paper"})
-        parts.append((overrides.get("paper") or {}) if profile == "paper" else {})
+        parts.append({k: v for k, v in overrides.items() if k not in PROFILE_PARTS})
+        parts.append((overrides.get(profile) or {}) if profile in PROFILE_PARTS else {})
     parts.append((section.get("smoke") or {}) if smoke else {})
     return merge(*parts)
 
@@ -429,6 +535,7 @@ _DERIVED = {  # stage -> (section, transfer) -> the dataclass's fields
         **{k: t[k] for k in ("model", "data_manifest", "recipes")},
     },
     "report": lambda s, t: {**s, "model": t["model"]},
+    "selection": lambda s, t: {**s, **{k: t[k] for k in ("model", "data_manifest", "recipes")}},
 }
 
 
@@ -449,7 +556,7 @@ def _load(params: _Params, stage: str, smoke, variant: str, overrides: dict):
         section = {"seed": params.get("seed", 0), **section}  # the project-wide seed
     if stage in RUNS.values():  # pretraining: the run's directories follow from its name
         name = run_name(stage, variant)
-        section.update(out_dir=run_dir(name), live_dir=live_dir(name))
+        section.update(run=name, out_dir=run_dir(name), live_dir=live_dir(name))
     section = merge(section, {k: v for k, v in overrides.items() if v is not None})
     if stage in _DERIVED:
         section = _DERIVED[stage](section, _transfer(params, profile, smoke))
@@ -487,7 +594,7 @@ def load(
 
 
 def params_read(stage: str, *, variant: str = "", params_path=None) -> set[str]:
-    """Every params.yaml key ``load(stage, variant=...)`` reads, under both profiles and with
+    """Every params.yaml key ``load(stage, variant=...)`` reads, under every profile and with
     smoke on and off: what the DVC stage must declare."""
     path = Path(params_path) if params_path else PARAMS_FILE
     data = read_params(path)

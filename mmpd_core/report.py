@@ -14,6 +14,7 @@ from pathlib import Path
 
 import pandas as pd
 
+from mmpd_core import claims
 from mmpd_core.config import ReportStage, live_dir, read_params, resolve, run_dir
 from mmpd_core.models import create_model
 from mmpd_core.tables import write_table
@@ -23,6 +24,7 @@ from mmpd_core.tracking import machine
 LABELS = {
     "scratch": "scratch (no pretraining)",
     "stage2:point_mae": "Point-MAE baseline",
+    "stage2:point_mae_long": "Point-MAE, both stages' steps (Table 5)",
     "stage1": "Stage-1 only",
     "stage2": "Ours (Stage-1 + Stage-2)",
 }
@@ -84,6 +86,7 @@ def shown(run: str) -> str:
 
 PAPER_TABLE5 = {  # GPU hours on one A100: Stage-1, Stage-2, total, fine-tune; ScanObjectNN
     "Point-MAE": ("-", "15.2h", "15.2h", "9h", "85.2"),
+    "Point-MAE + 3.5 x pre-training": ("-", "54h", "54h", "9h", "85.1"),
     "Ours (Point-MAE)": ("24h", "30h", "54h", "9h", "90.1"),
 }
 
@@ -256,6 +259,7 @@ def table5(costs: dict, grid: pd.DataFrame, params_m: float) -> pd.DataFrame:
     rows = []
     for method, stage1, stage2 in (
         ("Point-MAE baseline", None, "stage2:point_mae"),
+        ("Point-MAE, both stages' steps", None, "stage2:point_mae_long"),
         ("Ours (Stage-1 + Stage-2)", "stage1", "stage2"),
     ):
         checkpoint = stage2
@@ -282,7 +286,9 @@ def table5(costs: dict, grid: pd.DataFrame, params_m: float) -> pd.DataFrame:
 
 
 def _paper_name(method: str) -> str:
-    return "Point-MAE" if method.startswith("Point-MAE") else "Ours (Point-MAE)"
+    if method.startswith("Point-MAE"):
+        return "Point-MAE + 3.5 x pre-training" if "steps" in method else "Point-MAE"
+    return "Ours (Point-MAE)"
 
 
 def costs_frame(costs: dict) -> pd.DataFrame:
@@ -297,6 +303,7 @@ def costs_frame(costs: dict) -> pd.DataFrame:
 
 
 TABLES = {  # stem -> (paper table, what it shows)
+    "claims": ("all", "which of the paper's claims this run reproduces"),
     "table1_fewshot": ("Table 1", "few-shot classification, mean ± std over folds"),
     "table2_zeroshot": ("Table 2", "zero-shot classification (zeroshot stage)"),
     "table3_classification": ("Table 3", "classification: full / MLP-3 / MLP-Linear protocols"),
@@ -320,6 +327,8 @@ def build_all(
     params_m: float,
     ablation_protocol: str,
     context: str,
+    sources: dict | None = None,
+    profile: str = "embedded",
 ) -> dict[str, pd.DataFrame]:
     """Write every table (markdown + CSV) and ``README.md`` indexing them; ``context`` names
     the profile and the machine and heads every caption."""
@@ -328,6 +337,7 @@ def build_all(
         ablation_protocol
     ]
     frames = {
+        "claims": claims.claims_table(sources or {}, profile),
         "table1_fewshot": table1(fewshot),
         "table3_classification": table3(grid),
         "table4_stage2_components": table4(ablations, ablation_protocol),
@@ -339,6 +349,13 @@ def build_all(
     }
     for stem, frame in frames.items():
         paper, what = TABLES[stem]
+        if stem == "claims":
+            caption = (
+                f"**Claims: {what}.** {context}. Ablation claims (Tables 4, 7, 8, 11): "
+                f"{protocol} protocol."
+            )
+            write_table(frame, out_dir / stem, caption=caption, footer=claims.VERDICT_RULE)
+            continue
         note = f" This run: {protocol} protocol." if stem in _ABLATION_TABLES else ""
         caption = (
             f"**{paper}: {what}.** {context}.{note} Accuracy in %: mean ± std over seeds "
@@ -357,6 +374,10 @@ def write_index(path: Path, tables: str, context: str) -> None:
         "| [tsne_modelnet40.png](figures/tsne_modelnet40.png) (.pdf) | t-SNE figures | "
         "global features per encoder; silhouettes in results/tsne_silhouette.json |",
         "| [renders_contact_sheet.png](figures/renders_contact_sheet.png) | - | rendered views |",
+        "| [selection/embedded/selection.md](selection/embedded/selection.md) | - | recipes "
+        "chosen on held-out training shapes (`make select`) |",
+        "| [profiles/cpu/tables/claims.md](profiles/cpu/tables/claims.md) | all | the cpu "
+        "profile's claims (`make repro-cpu`) |",
         "| [notebooks/](notebooks/) | - | executed copy of every stage's notebook |",
         "| [dvclive/](dvclive/) | - | per-stage metrics, curves and cost.json |",
         "| [results/](results/) | - | one JSON per classification run, grids as CSV/JSON |",
@@ -378,13 +399,21 @@ def context(smoke: bool | None = None, params_path=None) -> str:
     params = read_params(params_path)
     smoke = params.get("smoke", False) if smoke is None else smoke
     profile = params.get("profile", "embedded")
-    name = "embedded default (procedural stand-ins)" if profile == "embedded" else "paper profile"
+    name = {
+        "embedded": "embedded default (procedural stand-ins)",
+        "cpu": "cpu profile (procedural stand-ins, longer schedules, 3 pretraining runs)",
+    }.get(profile, "paper profile")
     return f"Profile: {name}{' at smoke size' if smoke else ''}; machine: {machine()}"
 
 
 def run_stage(cfg: ReportStage, smoke: bool | None = None) -> dict[str, pd.DataFrame]:
     """The ``report`` stage: every table from the result files of the evaluation stages and
     the cost of every training run (``build_all``)."""
+    profile = read_params().get("profile", "embedded")
+    sources = claims.read_sources(
+        resolve(cfg.classification), resolve(cfg.ablations), cfg.ablation_protocol,
+        resolve(cfg.fewshot), resolve(cfg.zeroshot),
+    )  # fmt: skip
     return build_all(
         cfg.out_dir,
         grid=pd.read_csv(resolve(cfg.classification)),
@@ -394,6 +423,8 @@ def run_stage(cfg: ReportStage, smoke: bool | None = None) -> dict[str, pd.DataF
         params_m=sum(p.numel() for p in create_model(cfg.model).parameters()) / 1e6,
         ablation_protocol=cfg.ablation_protocol,
         context=context(smoke),
+        sources=sources,
+        profile=profile,
     )
 
 

@@ -31,7 +31,7 @@ from mmpd_core.models import (
     save_encoder,
 )
 from mmpd_core.teachers.cache import TargetSource, TeacherCache
-from mmpd_core.tracking import write_cost
+from mmpd_core.tracking import train_seeds, write_cost
 
 FINAL = "stage1.safetensors"
 
@@ -143,10 +143,16 @@ def target_source(cfg: Stage1Stage, data_manifest: dict) -> tuple[TargetSource, 
         degrees = cache_manifest["views_degrees"]  # the same views as the cache
         source = TargetSource.online(teachers, data_manifest, degrees)
     source.caption_top_k = cfg.caption_top_k
+    source.use_captions(cfg.captions)
     return source, specs
 
 
-def run_stage(cfg: Stage1Stage, *, resume: bool = False) -> engine.TrainResult:
+def run_stage(cfg: Stage1Stage, *, resume: bool = False) -> list[engine.TrainResult]:
+    """Every independent run (``pretrain_seeds``) of Stage-1; one result each."""
+    return train_seeds(cfg, train, resume=resume)
+
+
+def train(cfg: Stage1Stage, *, resume: bool = False) -> engine.TrainResult:
     """Train Stage-1 on the pretraining shapes; held-out retrieval is the periodic eval."""
     data_manifest = json.loads(resolve(cfg.data_manifest).read_text())
     targets, specs = target_source(cfg, data_manifest)
@@ -157,7 +163,11 @@ def run_stage(cfg: Stage1Stage, *, resume: bool = False) -> engine.TrainResult:
     encoder = load_encoder(resolve_run(cfg.init)) if cfg.init else create_model(cfg.model)
     model = Stage1Model(encoder, {n: targets.dims[n] for n in cfg.teachers})
     test_loader = torch.utils.data.DataLoader(test_set, batch_size=64)
-    ckpt_config = {"model": encoder_config(model.encoder), "teachers": specs}
+    ckpt_config = {
+        "model": encoder_config(model.encoder),
+        "teachers": specs,
+        "captions": cfg.captions,
+    }
     result = engine.train(
         model,
         Stage1Step(targets),

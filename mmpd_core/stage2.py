@@ -54,7 +54,7 @@ from mmpd_core.models import (
 from mmpd_core.shuffle import Masking, gather_tokens, random_permutation
 from mmpd_core.stage1 import Stage1Step
 from mmpd_core.teachers.cache import TargetSource, TeacherCache
-from mmpd_core.tracking import write_cost
+from mmpd_core.tracking import train_seeds, write_cost
 
 
 class LocalDecoder(nn.Module):
@@ -272,7 +272,13 @@ def evaluate(module: Stage2Model, step: Stage2Step, loader, seed: int) -> dict[s
     return {name: value / count for name, value in sums.items()}
 
 
-def run_stage(cfg: Stage2Stage, *, resume: bool = False) -> engine.TrainResult:
+def run_stage(cfg: Stage2Stage, *, resume: bool = False) -> list[engine.TrainResult]:
+    """Every independent run (``pretrain_seeds``) of one Stage-2 configuration; one result
+    each. Seed k distils the k-th run of its Stage-1 teacher."""
+    return train_seeds(cfg, train, resume=resume)
+
+
+def train(cfg: Stage2Stage, *, resume: bool = False) -> engine.TrainResult:
     """Train one Stage-2 configuration on the pretraining shapes; write its encoder."""
     data_manifest = json.loads(resolve(cfg.data_manifest).read_text())
     root = resolve(data_manifest["roots"]["shapenet55"])

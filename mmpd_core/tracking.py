@@ -75,3 +75,26 @@ def write_cost(live_dir: str | Path, result) -> Path:
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(json.dumps(cost, indent=2) + "\n")
     return path
+
+
+def train_seeds(cfg, train_one, *, resume: bool = False) -> list:
+    """Train every independent run of a pretraining config in turn (``config.seed_runs``:
+    seeds ``seed``, ``seed + 1``, ...), then record them in ``<run dir>/seeds.json`` (what
+    ``config.seed_refs`` reads downstream) and create the run's dvclive ``seeds/`` folder
+    (where runs past the first log). Returns ``train_one``'s result for each, in order."""
+    from mmpd_core.config import SEEDS_FILE, seed_runs, seeded
+    from mmpd_core.distributed import is_main_process
+
+    runs = seed_runs(cfg)
+    results = [train_one(run, resume=resume) for run in runs]
+    if is_main_process():
+        record = {
+            "run": cfg.run,
+            "seeds": [run.seed for run in runs],
+            "runs": [seeded(cfg.run, k) for k in range(len(runs))],
+        }
+        (resolve(cfg.live_dir) / "seeds").mkdir(parents=True, exist_ok=True)
+        path = resolve(cfg.out_dir) / SEEDS_FILE
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(json.dumps(record, indent=1) + "\n")
+    return results

@@ -19,6 +19,7 @@ from transformers import (
 )
 
 from mmpd_core.data import blip2
+from mmpd_core.data.shapes import CATEGORIES
 
 WORDS = (
     "a an the chair table lamp with four legs tall small red blue wooden of on back seat".split()
@@ -224,7 +225,7 @@ def test_data_prep_selects_blip2(tiny_dir, tmp_path):
     cfg = prep_config(tmp_path, captioner="blip2", blip2_model=str(tiny_dir))  # offline dir
     manifest = prep.run_stage(cfg)
     texts = prep.json.loads(prep.resolve(manifest["captions"]).read_text())
-    assert len(texts) == 40 and all(1 <= len(v) <= 2 for v in texts.values())
+    assert len(texts) == 2 * len(CATEGORIES) and all(1 <= len(v) <= 2 for v in texts.values())
     # template captions always name the category; the tiny model's mostly cannot
     from_blip2 = [n for n, v in texts.items() if all(n.split("-")[0] not in c for c in v)]
     assert len(from_blip2) > 10

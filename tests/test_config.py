@@ -1,3 +1,5 @@
+import json
+
 import pytest
 import yaml
 
@@ -68,7 +70,7 @@ def test_sections_merge_deeply_in_order(tmp_path):
     key (a recipe is written once), lists replaced."""
     params = yaml.safe_load((config.PROJECT_ROOT / "params.yaml").read_text())
     base = config.load("finetune", smoke=False).recipes["scanobjectnn"]
-    assert (base.num_points, base.augment, base.lr) == (512, "rotate_up", 2e-3)
+    assert (base.num_points, base.augment, base.lr) == (512, "rotate_up", 1e-3)
     params["profile"] = "paper"
     paper_file = tmp_path / "params.yaml"
     paper_file.write_text(yaml.safe_dump(params))
@@ -154,3 +156,75 @@ def test_run_names_map_to_one_directory_each():
     assert (cfg.teacher, cfg.out_dir) == ("stage1:clip_like", "runs/stage2_variants/clip_like")
     assert config.dataset_key("scanobjectnn", "pb_t50_rs") == "scanobjectnn/pb_t50_rs"
     assert config.dataset_key("modelnet40", "pb_t50_rs") == "modelnet40"
+
+
+# ---------------------------------------------------------------- independent pretraining runs
+
+
+def test_seeded_run_names_map_to_their_own_directories():
+    assert config.run_dir("stage2@1") == "runs/stage2/seed1"
+    assert config.run_dir("stage2:no_shuffle@2") == "runs/stage2_variants/no_shuffle/seed2"
+    assert config.run_dir("stage2@0") == config.run_dir("stage2") == "runs/stage2"
+    assert config.live_dir("stage1@1") == "reports/dvclive/pretrain_stage1/seeds/seed1"
+    assert config.seeded("stage2:joint", 2) == "stage2:joint@2"
+    assert config.seeded("stage2@1", 0) == "stage2"
+    assert config.seeded("scratch", 3) == "scratch" and config.seeded("runs/x", 1) == "runs/x"
+    assert config.split_seed("runs/a@b/encoder.safetensors") == ("runs/a@b/encoder.safetensors", 0)
+    with pytest.raises(ValueError, match="must be a number"):
+        config.split_seed("stage2@x")
+
+
+def test_each_independent_run_has_its_seed_and_its_teacher_at_the_same_index():
+    cfg = config.load("pretrain_stage2", smoke=False, variant="clip_like", profile="cpu")
+    runs = config.seed_runs(cfg)
+    assert [r.seed for r in runs] == [cfg.seed, cfg.seed + 1, cfg.seed + 2]
+    assert [r.teacher for r in runs] == [
+        "stage1:clip_like",
+        "stage1:clip_like@1",
+        "stage1:clip_like@2",
+    ]
+    assert runs[1].out_dir == "runs/stage2_variants/clip_like/seed1"
+    assert runs[2].live_dir == "reports/dvclive/stage2_variants/clip_like/seeds/seed2"
+    baseline = config.seed_runs(config.load("pretrain_stage2", smoke=False, variant="point_mae"))
+    assert [r.teacher for r in baseline] == ["", ""] and baseline[1].init == "random"
+    reversed_order = config.load(
+        "pretrain_stage1", smoke=False, variant="after_point_mae", profile="cpu"
+    )
+    assert config.seed_runs(reversed_order)[1].init == "stage2:point_mae@1"
+
+
+def test_seed_refs_reads_what_the_stage_recorded(tmp_path, monkeypatch):
+    monkeypatch.setattr(config, "PROJECT_ROOT", tmp_path)
+    assert config.seed_refs("stage2") == ["stage2"]  # not trained yet: itself
+    run = tmp_path / "runs" / "stage2"
+    run.mkdir(parents=True)
+    (run / config.SEEDS_FILE).write_text(json.dumps({"seeds": [0, 1, 2]}))
+    assert config.seed_refs("stage2") == ["stage2", "stage2@1", "stage2@2"]
+    assert config.seed_refs("stage2@1") == ["stage2@1"] and config.seed_refs("scratch") == [
+        "scratch"
+    ]
+
+
+def test_the_long_point_mae_baseline_gets_both_stages_steps_in_every_profile():
+    for profile in config.PROFILES:
+        s1 = config.load("pretrain_stage1", smoke=False, profile=profile)
+        s2 = config.load("pretrain_stage2", smoke=False, profile=profile)
+        long = config.load(
+            "pretrain_stage2", smoke=False, variant="point_mae_long", profile=profile
+        )
+        base = config.load("pretrain_stage2", smoke=False, variant="point_mae", profile=profile)
+        assert long.epochs == s1.epochs + s2.epochs, profile
+        assert (long.batch_size, long.lr, long.local_target) == (base.batch_size, base.lr, "points")
+
+
+def test_the_cpu_profile_resolves_pretraining_claims():
+    """Every pretraining run of the cpu profile has at least two independent runs, and the
+    transfer grids have as many seeds as runs: each claim can be read across encoders."""
+    for stage in ("pretrain_stage1", "pretrain_stage2"):
+        for variant in ["", *config.variant_names(stage)]:
+            cfg = config.load(stage, smoke=False, variant=variant, profile="cpu")
+            assert cfg.pretrain_seeds >= 2, cfg.run
+    for stage in ("classification", "ablations"):
+        assert len(config.load(stage, smoke=False, profile="cpu").seeds) >= 3
+    embedded = config.load("pretrain_stage2", smoke=False, variant="no_shuffle")
+    assert embedded.pretrain_seeds == 1  # the 20-minute demo: one run per ablation

@@ -43,6 +43,10 @@ def test_dvc_repro_runs_every_stage_then_nothing(smoke_repo):
     for run_dir in runs:
         assert (smoke_repo / run_dir / "encoder.safetensors").stat().st_size > 1000, run_dir
         assert not (smoke_repo / run_dir / "checkpoints").exists(), run_dir  # finished runs
+    seeds = json.loads((smoke_repo / "runs/stage2/seeds.json").read_text())
+    assert seeds["runs"] == ["stage2", "stage2@1"] and seeds["seeds"] == [0, 1]
+    assert (smoke_repo / "runs/stage2/seed1/encoder.safetensors").is_file()
+    assert (smoke_repo / "reports/dvclive/pretrain_stage2/seeds/seed1/cost.json").is_file()
     stage2 = json.loads((smoke_repo / "reports/dvclive/pretrain_stage2/metrics.json").read_text())
     assert stage2["train"]["loss_local"] > 0 and "copy_cos_visible" in stage2["eval"]
     cost = json.loads((smoke_repo / "reports/dvclive/stage2_variants/joint/cost.json").read_text())
@@ -68,6 +72,10 @@ def test_dvc_repro_runs_every_stage_then_nothing(smoke_repo):
     pattern = r"^\d+\.\d (± \d+\.\d|\(n=1\))$"  # one seed at smoke size: no spread shown
     assert ours["MN40"].str.match(pattern).all() and ours["MN40 vote"].str.match(pattern).all()
     assert set(ours["method"]) == {"scratch (no pretraining)", "Ours (Stage-1 + Stage-2)"}
+    claims = pd.read_csv(smoke_repo / "reports/tables/claims.csv")
+    assert len(claims) >= 15 and claims["verdict"].notna().all()
+    zeroshot_runs = json.loads((smoke_repo / "reports/results/zeroshot.json").read_text())
+    assert {r["captions"] for r in zeroshot_runs} == {"named", "unnamed"}
     silhouettes = json.loads((smoke_repo / "reports/results/tsne_silhouette.json").read_text())
     assert all(-1 <= v["silhouette_tsne"] <= 1 for v in silhouettes.values())
     assert (smoke_repo / "reports/figures/tsne_modelnet40.pdf").stat().st_size > 1000

@@ -7,6 +7,7 @@ import torch
 from mmpd_core import config
 from mmpd_core.data import datasets, prep, readers, render
 from mmpd_core.data.shapes import CATEGORIES
+from mmpd_core.data.synthetic import SCAN_CATEGORIES
 
 TINY = dict(
     pretrain_train_per_class=1,
@@ -57,9 +58,13 @@ def test_embedded_layouts_read_back(embedded):
     }
     assert counts["fewshot_folds"] == 2
     train = datasets.modelnet40_dat_dataset(roots["modelnet40"], "train", 128, dat_points=128)
-    assert len(train) == 40 and train[0]["points"].shape == (128, 3)
-    pts, labels = readers.read_scanobjectnn(roots["scanobjectnn"], "pb_t50_rs", "test", 20)
-    assert pts.shape == (20, 256, 3) and sorted(labels) == list(range(20))
+    assert len(train) == 2 * len(CATEGORIES) == 80 and train[0]["points"].shape == (128, 3)
+    pts, labels = readers.read_scanobjectnn(roots["scanobjectnn"], "pb_t50_rs", "test", 15)
+    assert pts.shape == (15, 256, 3) and sorted(labels) == list(range(15))
+    names = (roots["scanobjectnn"] / prep.SCAN_NAMES).read_text().split()
+    assert names == list(SCAN_CATEGORIES)
+    for subset in ("obj_only", "obj_bg", "pb_t50_rs"):
+        assert counts["scanobjectnn"][f"{subset}/train"] == {c: 1 for c in SCAN_CATEGORIES}
     fold = readers.read_fewshot_fold(roots["fewshot"], 5, 1, 0)
     assert fold["train"][0].shape == (5, 128, 3) and sorted(fold["test"][1]) == [0, 1, 2, 3, 4]
 

@@ -1,3 +1,5 @@
+import re
+
 import numpy as np
 import pytest
 
@@ -9,16 +11,50 @@ from mmpd_core.data.captions import (
     shape_captions,
 )
 from mmpd_core.data.primitives import box, cylinder, sphere, torus
-from mmpd_core.data.shapes import CATEGORIES, sample_shape
+from mmpd_core.data.readers import SCANOBJECTNN_CLASSES
+from mmpd_core.data.shapes import BUILDERS, CATEGORIES, sample_shape
 from mmpd_core.data.synthetic import (
     INDEX_BLOCKS,
+    SCAN_CATEGORIES,
     SCAN_SUBSETS,
     clean_clouds,
+    cut_holes,
+    density_weights,
     fewshot_episode,
+    modelnet_clouds,
+    modelnet_nuisances,
+    nuisance_rng,
     scan_cloud,
+    scan_clouds,
+    scan_objects,
     shape_index,
     visible,
 )
+
+MODELNET40 = (
+    "airplane bathtub bed bench bookshelf bottle bowl car chair cone cup curtain desk door "
+    "dresser flower_pot glass_box guitar keyboard lamp laptop mantel monitor night_stand person "
+    "piano plant radio range_hood sink sofa stairs stool table tent toilet tv_stand vase "
+    "wardrobe xbox"
+).split()
+
+# Words a caption's attributes must not use for the shape's own category (names, synonyms).
+SYNONYMS = {
+    "airplane": ["plane", "aircraft", "jet"], "bathtub": ["tub", "bath"],
+    "bookshelf": ["bookcase", "shelf"], "car": ["vehicle", "automobile"],
+    "chair": ["armchair"], "cone": ["pylon"], "cup": ["mug"], "curtain": ["drape", "drapes"],
+    "desk": ["workstation"], "dresser": ["chest", "cabinet", "commode"],
+    "flower_pot": ["pot", "planter"], "glass_box": ["glass", "vitrine", "aquarium"],
+    "keyboard": ["keypad"], "lamp": ["light"], "laptop": ["notebook", "computer"],
+    "mantel": ["fireplace", "mantelpiece"], "monitor": ["screen", "display", "widescreen"],
+    "night_stand": ["nightstand", "bedside"], "person": ["human", "man", "woman", "figure"],
+    "piano": ["grand", "keyboard"], "plant": ["tree", "bush", "houseplant"],
+    "radio": ["stereo", "boombox"], "range_hood": ["hood", "extractor"],
+    "sink": ["basin", "washbasin"], "sofa": ["couch", "settee"], "stairs": ["staircase", "steps"],
+    "table": ["tabletop"], "tent": ["shelter"], "toilet": ["lavatory", "wc"],
+    "tv_stand": ["stand", "console"], "vase": ["urn"], "wardrobe": ["closet", "armoire"],
+    "xbox": ["console", "gaming"],
+}  # fmt: skip
 
 
 @pytest.mark.parametrize(
@@ -69,6 +105,30 @@ def test_every_category_is_reproducible_and_normalised(category):
     assert np.abs(a.points.mean(0)).max() < 1e-5
     assert a.colors.min() >= 0 and a.colors.max() <= 1 and a.part_ids.max() < len(a.part_names)
     assert a.attributes["colour"] and isinstance(a.attributes["features"], list)
+
+
+def test_the_forty_modelnet40_categories_have_builders():
+    assert CATEGORIES == tuple(sorted(BUILDERS)) == tuple(MODELNET40)
+
+
+def _own_words(category: str) -> list[str]:
+    return [
+        category,
+        category.replace("_", " "),
+        category.replace("_", ""),
+        *SYNONYMS.get(category, []),
+    ]
+
+
+@pytest.mark.parametrize("category", CATEGORIES)
+def test_caption_attributes_never_name_the_category(category):
+    """Attributes describe parts, counts and proportions: the category is for the template."""
+    words = _own_words(category)
+    for index in range(12):
+        attributes = sample_shape(category, index, seed=5, num_points=64).attributes
+        text = " ".join(attributes["adjectives"] + attributes["features"]).lower()
+        for word in words:
+            assert not re.search(rf"\b{re.escape(word)}(e?s)?\b", text), (category, word, text)
 
 
 def test_categories_vary_within_class():
@@ -149,3 +209,58 @@ def test_ulip_templates_are_its_64_distinct_prompts_for_the_paper_rows():
     prompts = class_prompts("monitor", ULIP_TEMPLATES)
     assert prompts[:2] == ["a point cloud model of computer monitor.",
                            "There is a computer monitor in the scene."]  # fmt: skip
+
+
+def test_modelnet_nuisances_are_seeded_by_category_index_and_seed():
+    a = modelnet_clouds("train", 1, 512, seed=0)
+    b = modelnet_clouds("train", 1, 512, seed=0)
+    c = modelnet_clouds("train", 1, 512, seed=1)
+    assert a.points.shape == (40, 512, 3) and a.normals.shape == (40, 512, 3)
+    assert np.array_equal(a.points, b.points) and np.array_equal(a.normals, b.normals)
+    assert not np.array_equal(a.points, c.points)
+    assert np.array_equal(a.labels, np.arange(40))
+    assert np.allclose(np.linalg.norm(a.normals, axis=-1), 1.0, atol=1e-5)
+    assert np.allclose(np.linalg.norm(a.points, axis=-1).max(-1), 1.0, atol=1e-5)
+
+
+def test_modelnet_nuisances_change_the_clean_cloud_without_rotating_it():
+    shape = sample_shape("table", 3, 0, 4096)
+    clouds = [modelnet_nuisances(shape, 1024, nuisance_rng("table", 3, s))[0] for s in range(6)]
+    clean = shape.points
+    # anisotropic scale: the extents' ratios change from draw to draw
+    ratios = [np.ptp(c, 0) / np.ptp(clean, 0) for c in clouds]
+    assert max(np.ptp(r / r.mean()) for r in ratios) > 0.1
+    # no rotation: the top stays up (the highest points lie above the legs' floor points)
+    for cloud in clouds:
+        assert cloud[:, 1].max() - cloud[:, 1].min() > 0.5 * np.ptp(clean[:, 1])
+        top, low = cloud[cloud[:, 1] > np.quantile(cloud[:, 1], 0.9)], cloud[:, 1].min()
+        assert np.ptp(top[:, 0]) > 0.5 * np.ptp(cloud[:, 0]) and low < 0
+
+
+def test_missing_regions_empty_their_balls():
+    points = sample_shape("dresser", 0, 0, 4096).points
+    keep = cut_holes(points, 3, np.random.default_rng(4))
+    again = cut_holes(points, 3, np.random.default_rng(4))
+    assert np.array_equal(keep, again) and 0 < (~keep).sum() < len(points) // 2
+    assert cut_holes(points, 0, np.random.default_rng(4)).all()
+    # every removed point has removed neighbours: holes are balls, not scattered points
+    gone = points[~keep]
+    nearest = np.sort(np.linalg.norm(gone[:, None] - gone[None], axis=-1), axis=1)[:, 1]
+    assert np.median(nearest) < 0.05
+
+
+def test_density_is_not_area_weighted():
+    shape = sample_shape("chair", 1, 0, 4096)
+    weights = density_weights(shape, np.random.default_rng(0))
+    per_part = [weights[shape.part_ids == p].mean() for p in np.unique(shape.part_ids)]
+    assert weights.min() > 0 and max(per_part) / min(per_part) > 1.2
+
+
+def test_scan_categories_are_fifteen_builders_in_release_order():
+    assert len(SCAN_CATEGORIES) == len(set(SCAN_CATEGORIES)) == len(SCANOBJECTNN_CLASSES) == 15
+    assert set(SCAN_CATEGORIES) <= set(CATEGORIES)
+    same = [a for a, b in zip(SCANOBJECTNN_CLASSES, SCAN_CATEGORIES, strict=True) if a == b]
+    assert same == ["chair", "desk", "door", "table", "bed", "sink", "sofa", "toilet"]
+    objects = scan_objects("test", 1, seed=0, full_points=1024)
+    scans = scan_clouds("test", "obj_bg", 1, 0, num_points=256, full_points=1024, clean=objects)
+    assert np.array_equal(scans.labels, np.arange(15)) and scans.points.shape == (15, 256, 3)

@@ -6,7 +6,9 @@ import torch
 from test_prep import tiny_config
 
 from mmpd_core import config
-from mmpd_core.data import prep
+from mmpd_core.data import prep, readers
+from mmpd_core.data.captions import display_name
+from mmpd_core.data.shapes import CATEGORIES
 from mmpd_core.models import create_model
 from mmpd_core.stage1 import Stage1Model, Stage1Step
 from mmpd_core.teachers.cache import TargetSource, TeacherCache, build_cache
@@ -52,8 +54,9 @@ def test_cache_shapes_reuse_and_invalidation(data, tmp_path):
     cache_manifest = build_cache(
         [image, text], manifest, tmp_path, batch_size=7, dtype=torch.float32
     )
-    assert cache_manifest["teachers"]["img"]["shape"] == [40, 3, 2, 8]
-    assert cache_manifest["teachers"]["txt"]["shape"] == [40, 2, 5]
+    shapes = 2 * len(CATEGORIES)  # tiny_config: one train and one test shape per category
+    assert cache_manifest["teachers"]["img"]["shape"] == [shapes, 3, 2, 8]
+    assert cache_manifest["teachers"]["txt"]["shape"] == [shapes, 2, 5]
     calls, written = image.calls, (tmp_path / "manifest.json").read_bytes()
     again = build_cache([image, text], manifest, tmp_path, batch_size=7, dtype=torch.float32)
     assert image.calls == calls  # same teacher, same data: nothing recomputed
@@ -85,6 +88,26 @@ def test_cached_and_online_targets_agree(data, tmp_path):
         assert torch.allclose(a[name], b[name], atol=1e-5), name
     fixed = cached.fixed(idx)
     assert torch.allclose(fixed["img"], online.fixed(idx)["img"], atol=1e-5)
+    for source in (cached, online):  # Table 2's "manual captions ✗" set, both ways
+        source.use_captions("unnamed")
+    a, b = cached.fixed(idx), online.fixed(idx)
+    assert torch.allclose(a["txt"], b["txt"], atol=1e-5)
+    assert torch.allclose(a["img"], fixed["img"])  # images do not depend on the captions
+    assert not torch.allclose(a["txt"], fixed["txt"])  # other texts, other targets
+
+
+def test_unnamed_captions_never_name_the_category(data):
+    _, manifest = data
+    named = json.loads(config.resolve(manifest["captions"]).read_text())
+    unnamed = json.loads(config.resolve(manifest["captions_unnamed"]).read_text())
+    assert list(named) == list(unnamed)
+    for shape, texts in unnamed.items():
+        category = readers.parse_shapenet_name(shape)[0]
+        words = {display_name(category), category.replace("_", " ")}
+        assert len(texts) == len(named[shape])
+        for text, original in zip(texts, named[shape], strict=True):
+            assert not any(w in text.lower() for w in words), text
+            assert "object" in text and any(w in original.lower() for w in words), original
 
 
 def test_stage1_step_learns_on_cached_targets(data, tmp_path):
@@ -126,7 +149,9 @@ def test_every_image_teacher_in_one_pass_decodes_each_view_once(data, tmp_path, 
     )  # counts every decoded image
     one, two = FakeImageTeacher("a"), FakeImageTeacher("b", version=3)
     build_cache([one, two], manifest, tmp_path / "both", batch_size=16, dtype=torch.float32)
-    assert len(loads) == 40 * 3 * 2  # shapes x views x (RGB, depth): once, not once per teacher
+    assert (
+        len(loads) == 2 * len(CATEGORIES) * 3 * 2
+    )  # shapes x views x (RGB, depth): once, not once per teacher
     alone = build_cache([FakeImageTeacher("a")], manifest, tmp_path / "a", dtype=torch.float32)
     assert (
         alone["teachers"]["a"]["file_sha256"]
@@ -155,7 +180,7 @@ def test_the_cache_is_memory_mapped_not_copied(data, tmp_path):
     maps = Path("/proc/self/maps")
     if maps.is_file():  # Linux: the file is mapped into this process, not read into a copy
         assert str(tmp_path / "img.safetensors") in maps.read_text()
-    assert cache.tensors["img"]["features"].shape == (40, 3, 2, 8)
+    assert cache.tensors["img"]["features"].shape == (2 * len(CATEGORIES), 3, 2, 8)
 
 
 def test_top1_caption_setting_draws_only_each_shapes_first_caption(data, tmp_path):

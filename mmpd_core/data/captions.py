@@ -8,6 +8,8 @@ Several diverse captions per shape, chosen deterministically from the shape's ow
 
 from __future__ import annotations
 
+import re
+
 import numpy as np
 
 # Zero-shot prompt templates in the style of ULIP / CLIP's ImageNet prompts; class-name
@@ -109,6 +111,20 @@ def shape_captions(
         if len(captions) == count:
             break
     return captions
+
+
+GENERIC_NOUN = "object"
+
+
+def unnamed(caption: str, category: str) -> str:
+    """``caption`` with the category's name replaced by 'object' (the article follows): the
+    Table 2 "manual captions ✗" source, describing parts, proportions and colour only.
+    'a 3D model of a tall red chair with four legs' -> 'a 3D model of a tall red object with
+    four legs'."""
+    text = caption
+    for words in dict.fromkeys((display_name(category), category.replace("_", " "))):
+        text = re.sub(rf"\b{re.escape(words)}(e?s)?\b", GENERIC_NOUN, text, flags=re.IGNORECASE)
+    return re.sub(r"\b([Aa]) (?=[aeiou])", r"\1n ", text)
 
 
 def class_prompts(category: str, templates: tuple[str, ...] = ZERO_SHOT_TEMPLATES) -> list[str]:

@@ -6,6 +6,7 @@ embedded benchmark and the real datasets through the same code. Under ``out_dir`
     ShapeNet55-34/ShapeNet-55/{train,test}.txt, shapenet_pc/<category>-<index>.npy   (pretrain)
     ShapeNet55-34/renders/<name>/<name>_r_<deg>.png, <name>_r_<deg>_depth0001.png (ULIP layout)
     ShapeNet55-34/captions.json        {shape name: [captions]}
+    ShapeNet55-34/captions_unnamed.json  the same, never naming the category (Table 2, ✗)
     modelnet40_normal_resampled/       shape names + modelnet40_{train,test}_<N>pts_fps.dat
     ModelNetFewshot/<w>way_<s>shot/<fold>.pkl
     ScanObjectNN/main_split{,_nobg}/*.h5 (+ shape_names.txt)
@@ -79,18 +80,19 @@ def _fps_with_normals(clouds: synthetic.CloudSet, n: int) -> np.ndarray:
 
 
 def write_modelnet(cfg: DataPrepStage, root: Path) -> dict[str, tuple[np.ndarray, np.ndarray]]:
-    """The ModelNet40 stand-in as ``.dat`` caches; returns {split: (points (M, N, 6), labels)}."""
+    """The ModelNet40 stand-in (``synthetic.modelnet_clouds``: 40 categories with CAD-cloud
+    nuisances) as ``.dat`` caches; returns {split: (points (M, N, 6), labels)}."""
     folder = root / MODELNET
     folder.mkdir(parents=True, exist_ok=True)
     (folder / readers.MODELNET_SHAPE_NAMES).write_text("\n".join(CATEGORIES) + "\n")
     per_split = {"train": cfg.modelnet_train_per_class, "test": cfg.modelnet_test_per_class}
     out = {}
     for split, count in per_split.items():
-        clean = synthetic.clean_clouds("modelnet", split, count, 4 * cfg.modelnet_points, cfg.seed)
-        points = _fps_with_normals(clean, cfg.modelnet_points)
+        clouds = synthetic.modelnet_clouds(split, count, 4 * cfg.modelnet_points, cfg.seed)
+        points = _fps_with_normals(clouds, cfg.modelnet_points)
         path = readers.modelnet40_dat_path(folder, split, cfg.modelnet_points)
-        readers.write_modelnet40_dat(path, list(points), clean.labels)
-        out[split] = (points, clean.labels)
+        readers.write_modelnet40_dat(path, list(points), clouds.labels)
+        out[split] = (points, clouds.labels)
     return out
 
 
@@ -121,10 +123,11 @@ def write_fewshot(cfg: DataPrepStage, root: Path, modelnet) -> list[str]:
 
 
 def write_scanobjectnn(cfg: DataPrepStage, root: Path) -> None:
-    """The three ScanObjectNN subsets as h5 files in their official names."""
+    """The three ScanObjectNN subsets as h5 files in their official names, over the 15
+    ``synthetic.SCAN_CATEGORIES`` (the release's class count)."""
     folder = root / SCAN
     folder.mkdir(parents=True, exist_ok=True)
-    (folder / SCAN_NAMES).write_text("\n".join(CATEGORIES) + "\n")
+    (folder / SCAN_NAMES).write_text("\n".join(synthetic.SCAN_CATEGORIES) + "\n")
     per_split = {"train": cfg.scan_train_per_class, "test": cfg.scan_test_per_class}
     for split, count in per_split.items():
         objects = synthetic.scan_objects(split, count, cfg.seed)  # once for the three subsets
@@ -133,8 +136,9 @@ def write_scanobjectnn(cfg: DataPrepStage, root: Path) -> None:
                 split, subset, count, cfg.seed, cfg.scan_points, clean=objects
             )
             readers.write_scanobjectnn(
-                folder, subset, split, scans.points, scans.labels, num_classes=len(CATEGORIES)
-            )
+                folder, subset, split, scans.points, scans.labels,
+                num_classes=len(synthetic.SCAN_CATEGORIES),
+            )  # fmt: skip
 
 
 # --- renders and captions (both sources) ------------------------------------------------------
@@ -234,6 +238,18 @@ def _template_captions(cfg, name: str, attributes: dict) -> list[str]:
     seed = int(hashlib.sha1(model_id.encode()).hexdigest()[:8], 16)
     rng = np.random.default_rng([cfg.seed, seed])
     return captions.shape_captions(category, attributes, cfg.captions_per_shape, rng)
+
+
+def unnamed_captions(cfg, texts: dict[str, list[str]]) -> dict[str, list[str]]:
+    """The captions with the category's name taken out (``captions.unnamed``). Real shapes
+    are named by synset ids, and BLIP-2 was never told the category (the paper's "manual
+    captions ✗"): their captions are kept as they are."""
+    if cfg.source == "real":
+        return texts
+    return {
+        name: [captions.unnamed(t, readers.parse_shapenet_name(name)[0]) for t in items]
+        for name, items in texts.items()
+    }
 
 
 # --- manifest ---------------------------------------------------------------------------------
@@ -347,12 +363,16 @@ def run_stage(cfg: DataPrepStage) -> dict | None:
     if not world.is_main:
         return None
     (out / SHAPENET / "captions.json").write_text(json.dumps(texts, indent=1))
+    (out / SHAPENET / "captions_unnamed.json").write_text(
+        json.dumps(unnamed_captions(cfg, texts), indent=1)
+    )
     timings["captions_s"] = time.perf_counter() - start
     manifest = {
         "config": dataclasses.asdict(cfg),
         "roots": {k: project_relative(v) for k, v in roots.items()},
         "renders": project_relative(renders),
         "captions": project_relative(out / SHAPENET / "captions.json"),
+        "captions_unnamed": project_relative(out / SHAPENET / "captions_unnamed.json"),
         "views_degrees": degrees,
         "counts": count_datasets(cfg, roots),
     }

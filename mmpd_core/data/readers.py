@@ -378,7 +378,7 @@ def read_scanobjectnn(
 ) -> tuple[np.ndarray, np.ndarray]:
     """Float32 points (M, N, 3) (N = 2048 in the release) and int64 labels (M,) in 0..14.
 
-    ``num_classes`` bounds the labels (15 in the release; the procedural stand-in has more).
+    ``num_classes`` bounds the labels (15 in the release and in ``synthetic.SCAN_CATEGORIES``).
     """
     path = _require_file(scanobjectnn_path(root, subset, split), f"ScanObjectNN {subset} file")
     try:

@@ -3,8 +3,10 @@
 Roles (each written to disk in the layout of its real counterpart by ``mmpd_core.data.prep``):
 
 - ``pretrain``: the ShapeNet-55 stand-in (unlabelled use);
-- ``modelnet``: clean classification (train / test), the ModelNet40 stand-in;
-- ``scanobjectnn``: single-view partial scans, subsets ``obj_only``, ``obj_bg``, ``pb_t50_rs``;
+- ``modelnet``: aligned classification (train / test) of all 40 categories, the ModelNet40
+  stand-in, with the nuisances of real CAD-derived clouds (``modelnet_nuisances``);
+- ``scanobjectnn``: single-view partial scans of the 15 ``SCAN_CATEGORIES``, subsets
+  ``obj_only``, ``obj_bg``, ``pb_t50_rs``;
 - few-shot episodes drawn from the ``modelnet`` role, like ModelNetFewshot from ModelNet40.
 
 Shapes of different roles never coincide: each (role, split) owns a disjoint block of shape
@@ -17,7 +19,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from mmpd_core.data.shapes import CATEGORIES, sample_shape, shape_rng, unit_sphere
+from mmpd_core.data.shapes import CATEGORIES, Shape, sample_shape, shape_rng, unit_sphere
 
 BLOCK = 1_000_000
 INDEX_BLOCKS = {
@@ -30,6 +32,15 @@ INDEX_BLOCKS = {
     ("clutter", "any"): 6 * BLOCK,  # other objects standing next to a scanned one
 }
 SCAN_SUBSETS = ("obj_only", "obj_bg", "pb_t50_rs")
+
+# ScanObjectNN's 15 classes (``readers.SCANOBJECTNN_CLASSES`` order) -> the nearest builder:
+# bag -> vase (bulging body, optional handles), bin -> flower_pot (open tapered container),
+# box -> glass_box, cabinet -> dresser, chair, desk, display -> monitor, door,
+# shelf -> bookshelf, table, bed, pillow -> xbox (a flat closed block), sink, sofa, toilet.
+SCAN_CATEGORIES: tuple[str, ...] = (
+    "vase", "flower_pot", "glass_box", "dresser", "chair", "desk", "monitor", "door",
+    "bookshelf", "table", "bed", "xbox", "sink", "sofa", "toilet",
+)  # fmt: skip
 
 
 def shape_index(role: str, split: str, i: int) -> int:
@@ -65,6 +76,80 @@ def clean_clouds(role, split, per_class, num_points, seed, categories=CATEGORIES
         indices=np.array([s.index for s in shapes], dtype=np.int64),
         normals=np.stack([s.normals for s in shapes]),
         colors=np.stack([s.colors for s in shapes]),
+    )
+
+
+# --- ModelNet40 stand-in: aligned CAD clouds with their usual flaws --------------------------
+
+
+def nuisance_rng(category: str, index: int, seed: int) -> np.random.Generator:
+    """The nuisances' own random stream of one shape (apart from the shape's: the clean
+    shape stays the same whatever the nuisances draw)."""
+    return np.random.default_rng([seed, CATEGORIES.index(category), index, 7919])
+
+
+def density_weights(shape: Shape, rng: np.random.Generator) -> np.ndarray:
+    """Relative sampling density (N,) of each point of a dense area-weighted ``shape``: a
+    log-normal factor per part times an exponential ramp along a random direction."""
+    per_part = rng.lognormal(0.0, 0.7, len(shape.part_names))[shape.part_ids]  # (N,)
+    toward = rng.normal(size=3)
+    ramp = rng.uniform(0.0, 1.5) * shape.points @ (toward / np.linalg.norm(toward))  # (N,)
+    return per_part * np.exp(ramp)
+
+
+def cut_holes(points: np.ndarray, holes: int, rng: np.random.Generator) -> np.ndarray:
+    """Mask (N,) of the points outside ``holes`` balls (radius 0.1-0.25, centred on surface
+    points): the missing regions of a cloud."""
+    keep = np.ones(len(points), dtype=bool)
+    for _ in range(holes):
+        centre, radius = points[rng.integers(len(points))], rng.uniform(0.1, 0.25)
+        keep &= np.linalg.norm(points - centre, axis=1) > radius
+    return keep
+
+
+def modelnet_nuisances(shape: Shape, num_points: int, rng: np.random.Generator):
+    """``num_points`` points and normals of a dense clean ``shape`` flawed as ModelNet40's
+    CAD-derived clouds are, without any rotation (the benchmark is aligned):
+
+    - non-uniform density (``density_weights``): tessellation and sampling differ per part;
+    - missing regions (``cut_holes``): up to three balls of the surface cut out;
+    - weighted resampling to ``num_points``, small Gaussian noise, then a random anisotropic
+      scale (each axis by 0.75-1.33) before the unit-sphere normalisation, so proportions
+      are only a rough class cue.
+    """
+    weight = density_weights(shape, rng)
+    pool = np.flatnonzero(cut_holes(shape.points, int(rng.integers(0, 4)), rng))
+    keys = np.log(rng.random(len(pool))) / weight[pool]  # weighted sampling without replacement
+    chosen = pool[np.argsort(-keys)[:num_points]]
+    if len(chosen) < num_points:
+        chosen = np.concatenate([chosen, rng.choice(chosen, num_points - len(chosen))])
+    scale = np.exp(rng.uniform(-np.log(4 / 3), np.log(4 / 3), 3))  # (3,) per axis
+    noise = rng.normal(0, rng.uniform(0.002, 0.01), (num_points, 3))
+    cloud = (shape.points[chosen] + noise) * scale
+    normals = shape.normals[chosen] / scale  # a scaled surface's normals: inverse transpose
+    normals /= np.linalg.norm(normals, axis=1, keepdims=True)
+    return unit_sphere(cloud).astype(np.float32), normals.astype(np.float32)
+
+
+def modelnet_clouds(split, per_class, num_points, seed) -> CloudSet:
+    """The ModelNet40 stand-in: ``per_class`` shapes of every category, each sampled densely
+    (twice ``num_points``) and passed through ``modelnet_nuisances`` (points and normals)."""
+    clouds, normals, labels, indices = [], [], [], []
+    for label, category in enumerate(CATEGORIES):
+        for i in range(per_class):
+            index = shape_index("modelnet", split, i)
+            dense = sample_shape(category, index, seed, 2 * num_points)
+            rng = nuisance_rng(category, index, seed)
+            points, nrm = modelnet_nuisances(dense, num_points, rng)
+            clouds.append(points)
+            normals.append(nrm)
+            labels.append(label)
+            indices.append(index)
+    return CloudSet(
+        points=np.stack(clouds),
+        labels=np.array(labels, dtype=np.int64),
+        indices=np.array(indices, dtype=np.int64),
+        normals=np.stack(normals),
     )
 
 
@@ -161,8 +246,9 @@ def scan_cloud(obj, subset: str, rng: np.random.Generator, clutter_seed: int, nu
 
 
 def scan_objects(split, per_class, seed, full_points=8192) -> CloudSet:
-    """The complete objects that every ScanObjectNN subset of a split scans."""
-    return clean_clouds("scanobjectnn", split, per_class, full_points, seed)
+    """The complete objects (of the ``SCAN_CATEGORIES``) that every ScanObjectNN subset of a
+    split scans; labels index ``SCAN_CATEGORIES``."""
+    return clean_clouds("scanobjectnn", split, per_class, full_points, seed, SCAN_CATEGORIES)
 
 
 def _rot_y(angle: float) -> np.ndarray:
@@ -173,14 +259,15 @@ def _rot_y(angle: float) -> np.ndarray:
 def scan_clouds(
     split, subset, per_class, seed, num_points=2048, full_points=8192, clean: CloudSet | None = None
 ) -> CloudSet:
-    """``per_class`` scans per category; the same objects for every subset of a split.
+    """``per_class`` scans per scanned category; the same objects for every subset of a split.
     ``clean``: those objects (``scan_objects``), to share them between the subsets."""
     clean = scan_objects(split, per_class, seed, full_points) if clean is None else clean
     clouds = []
     for k, (obj, index) in enumerate(zip(clean.points, clean.indices, strict=True)):
-        category = CATEGORIES[clean.labels[k]]
+        category = SCAN_CATEGORIES[clean.labels[k]]
         rng = shape_rng(category, int(index), seed + 1 + SCAN_SUBSETS.index(subset))
-        clutter = shape_index("clutter", "any", k + per_class * len(CATEGORIES) * (split == "test"))
+        first = per_class * len(SCAN_CATEGORIES) * (split == "test")
+        clutter = shape_index("clutter", "any", k + first)
         clouds.append(scan_cloud(obj, subset, rng, clutter, num_points))
     return CloudSet(points=np.stack(clouds), labels=clean.labels, indices=clean.indices)
 

@@ -46,7 +46,7 @@ from torch import nn
 from torch.optim.swa_utils import update_bn
 
 from mmpd_core import engine
-from mmpd_core.config import ClassificationStage, Recipe, resolve
+from mmpd_core.config import ClassificationStage, Recipe, resolve, seed_refs
 from mmpd_core.data import transforms
 from mmpd_core.data.datasets import dataset_family
 from mmpd_core.geometry import farthest_point_sample, gather_points
@@ -228,21 +228,24 @@ def cells(cfg: ClassificationStage) -> list[Cell]:
     ]
 
 
-def run_seed(cfg: ClassificationStage, cell: Cell, seed: int, cache: dict) -> dict:
-    """One seed of one cell: train, then the test accuracy (and the voted one, full)."""
+def run_seed(cfg: ClassificationStage, cell: Cell, seed: int, cache: dict, run: str = "") -> dict:
+    """One seed of one cell: train, then the test accuracy (and the voted one, full). ``run``:
+    which independent pretraining run of the cell's checkpoint (default: the checkpoint)."""
+    run = run or cell.checkpoint
     recipe = cfg.recipes[dataset_family(cell.dataset)]
     data = splits(cfg.data_manifest, cell.dataset, recipe.num_points, cache)
     train_set, test_set, classes = data
     if cell.protocol != "full":
         (feats, labels), (test_feats, test_labels), encoder = frozen_features(
-            cell.checkpoint, cfg.model, cell.dataset, recipe, data, cache
+            run, cfg.model, cell.dataset, recipe, data, cache
         )
         head = train_head(cell.protocol, feats, labels, classes, encoder, recipe, seed)
         with torch.no_grad():
             train_acc, acc = accuracy(head(feats), labels), accuracy(head(test_feats), test_labels)
-        return {"seed": seed, "acc": 100 * acc, "acc_vote": math.nan, "train_acc": 100 * train_acc}
+        return {"seed": seed, "run": run, "acc": 100 * acc, "acc_vote": math.nan,
+                "train_acc": 100 * train_acc}  # fmt: skip
     model = load_pretrained(
-        cell.checkpoint, cfg.model, seed=seed, grouping=recipe.grouping,
+        run, cfg.model, seed=seed, grouping=recipe.grouping,
         num_classes=classes, drop_path_rate=recipe.drop_path_rate,
     )  # fmt: skip
     out_dir = resolve(cfg.out_dir) / cell.tag / f"seed{seed}"
@@ -256,6 +259,7 @@ def run_seed(cfg: ClassificationStage, cell: Cell, seed: int, cache: dict) -> di
     plain, voted, labels = predict(model, test_set, recipe, **test)
     return {
         "seed": seed,
+        "run": run,
         "acc": 100 * accuracy(plain, labels),
         "acc_vote": 100 * accuracy(voted, labels) if votes else math.nan,
         "train_acc": 100 * result.final["train/acc"],
@@ -264,8 +268,13 @@ def run_seed(cfg: ClassificationStage, cell: Cell, seed: int, cache: dict) -> di
 
 
 def run_cell(cfg: ClassificationStage, cell: Cell, cache: dict) -> dict:
-    """Every seed of one cell; writes and returns ``<results_dir>/<tag>.json``."""
-    rows = [run_seed(cfg, cell, seed, cache) for seed in cfg.seeds]
+    """Every seed of one cell; writes and returns ``<results_dir>/<tag>.json``. The i-th seed
+    transfers the i-th independent pretraining run of the checkpoint (cycling when it has
+    fewer, ``config.seed_refs``), so the spread covers pretraining as well as transfer."""
+    runs = seed_refs(cell.checkpoint)
+    rows = [
+        run_seed(cfg, cell, seed, cache, runs[i % len(runs)]) for i, seed in enumerate(cfg.seeds)
+    ]
     name, _, subset = cell.dataset.partition("/")
     result = {
         "dataset": name,
@@ -277,6 +286,7 @@ def run_cell(cfg: ClassificationStage, cell: Cell, cache: dict) -> dict:
         "recipe": dataclasses.asdict(cfg.recipes[dataset_family(cell.dataset)]),
         "seeds": rows,
         "n_seeds": len(rows),
+        "pretrain_runs": len({row["run"] for row in rows}),
         **summarise(rows),
     }
     path = resolve(cfg.results_dir) / f"{cell.tag}.json"

@@ -16,7 +16,7 @@ from pathlib import Path
 import torch
 
 from mmpd_core import engine
-from mmpd_core.config import FewshotStage, Recipe, resolve
+from mmpd_core.config import FewshotStage, Recipe, resolve, seed_refs
 from mmpd_core.data.datasets import fewshot_dataset
 from mmpd_core.tasks.classification import fine_tune, predict, train_head
 from mmpd_core.tasks.features import FeatureMemo, checkpoint_name, load_pretrained
@@ -75,18 +75,20 @@ def run_stage(cfg: FewshotStage) -> list[dict]:
     for way, shot in progress(settings, desc="few-shot settings"):
         folds = episodes(cfg, root, way, shot)
         for checkpoint in cfg.checkpoints:
-            if cfg.protocol != "full" and checkpoint not in memos:  # frozen: one encoder
-                encoder = load_pretrained(
-                    checkpoint, cfg.model, seed=cfg.seed, grouping=cfg.recipe.grouping
-                ).eval()
-                memos[checkpoint] = FeatureMemo(encoder.to(engine.default_device()), cfg.recipe.amp)
+            pretrained = seed_refs(checkpoint)  # fold f: the (f mod n)-th pretraining run
+            for ref in pretrained:
+                if cfg.protocol != "full" and ref not in memos:  # frozen: one encoder per run
+                    encoder = load_pretrained(
+                        ref, cfg.model, seed=cfg.seed, grouping=cfg.recipe.grouping
+                    ).eval()
+                    memos[ref] = FeatureMemo(encoder.to(engine.default_device()), cfg.recipe.amp)
             runs = resolve(cfg.out_dir) / checkpoint_name(checkpoint).replace("/", "-")
             accs = []
             for fold, episode in enumerate(folds):
+                ref = pretrained[fold % len(pretrained)]
                 out_dir = runs / f"{way}way{shot}shot-fold{fold}"
-                memo = memos.get(checkpoint)
                 accs.append(
-                    episode_accuracy(cfg, checkpoint, episode, cfg.seed + fold, out_dir, memo)
+                    episode_accuracy(cfg, ref, episode, cfg.seed + fold, out_dir, memos.get(ref))
                 )
             mean, std = mean_std(accs)
             rows.append(
@@ -95,6 +97,7 @@ def run_stage(cfg: FewshotStage) -> list[dict]:
                     "way": way,
                     "shot": shot,
                     "folds": len(accs),
+                    "pretrain_runs": len(pretrained),
                     "acc_mean": mean,
                     "acc_std": std,
                     "accs": accs,

@@ -16,14 +16,14 @@ import pandas as pd
 import torch
 import torch.nn.functional as F
 
-from mmpd_core.config import ZeroShotStage, resolve
+from mmpd_core.config import ZeroShotStage, resolve, seed_refs
 from mmpd_core.data import readers
 from mmpd_core.data.captions import TEMPLATE_SETS, ZERO_SHOT_TEMPLATES, class_prompts
 from mmpd_core.data.datasets import modelnet40_split
 from mmpd_core.data.transforms import fps_sample, normalize_unit_sphere
 from mmpd_core.engine import default_device
 from mmpd_core.stage1 import load_stage1
-from mmpd_core.tables import write_table
+from mmpd_core.tables import mean_std, write_table
 from mmpd_core.teachers import build_teacher
 from mmpd_core.tracking import log_summary, machine
 
@@ -113,9 +113,9 @@ def rank_classes(model, text_teacher, text_name, cloud: torch.Tensor, classes, t
 
 
 PAPER_TABLE2 = {  # paper Table 2, ModelNet40, pretrained on ShapeNet: (top-1, top-5)
-    "paper: Ours (Point-BERT backbone), category prompts": (65.8, 93.5),
-    "paper: Ours (Point-BERT backbone), BLIP-2 captions": (71.2, 93.0),
-    "paper: Ours (Point-M2AE backbone), BLIP-2 captions": (73.4, 94.5),
+    ("paper: Ours (Point-BERT backbone), category prompts", "✓"): (65.8, 93.5),
+    ("paper: Ours (Point-BERT backbone), BLIP-2 captions", "✗"): (71.2, 93.0),
+    ("paper: Ours (Point-M2AE backbone), BLIP-2 captions", "✗"): (73.4, 94.5),
 }
 
 
@@ -136,35 +136,74 @@ def text_teacher_name(specs: dict[str, dict]) -> str:
 
 
 def run_stage(cfg: ZeroShotStage) -> tuple[dict, pd.DataFrame]:
-    """Zero-shot on the clean classification test split: writes Table 2 (``out_dir``) and the
-    metrics (dvclive ``zeroshot``); returns (metrics, table)."""
+    """Zero-shot on the clean classification test split for every Stage-1 run of
+    ``checkpoints`` and each of its independent runs (``config.seed_refs``): writes Table 2
+    (``out_dir``: mean ± std over pretraining seeds), the per-seed results (``results``, read by
+    the claims table) and the metrics (dvclive ``zeroshot``); returns (metrics, table)."""
     device = default_device()  # the GPU when there is one
-    model, ckpt = load_stage1(cfg.checkpoint)
-    model.to(device)
-    name = text_teacher_name(ckpt["teachers"])
-    teacher = build_teacher(ckpt["teachers"][name], device=device)
     data = json.loads(resolve(cfg.data_manifest).read_text())
     root = resolve(data["roots"]["modelnet40"])
     classes = readers.read_modelnet40_shape_names(root)
     dataset = modelnet40_split(root, "test", cfg.num_points)
     loader = torch.utils.data.DataLoader(dataset, batch_size=cfg.batch_size)
     templates = TEMPLATE_SETS[cfg.templates]
-    metrics = evaluate(model, name, loader, class_embeddings(teacher, classes, templates))
-    ours = f"mmpd Stage-1 ({model.encoder.dim}-d, {len(ckpt['teachers'])} teachers)"
-    if cfg.templates != "mmpd20":
-        ours += f", {len(templates)} {cfg.templates[:-2].upper()} templates"
-    rows = [
-        {"model": ours,
-         "data": f"embedded test split, {len(classes)} classes", "top1": 100 * metrics["top1"],
-         "top5": 100 * metrics["top5"]},
-        {"model": "chance", "data": "same", "top1": 100 * metrics["chance_top1"],
-         "top5": 100 * metrics["chance_top5"]},
-    ] + [
-        {"model": k, "data": "ModelNet40 (40 classes)", "top1": v[0], "top5": v[1]}
-        for k, v in PAPER_TABLE2.items()
-    ]  # fmt: skip
-    table = pd.DataFrame(rows)
+    records, embeddings = [], {}
+    for checkpoint in cfg.checkpoints:
+        for ref in seed_refs(checkpoint):
+            model, ckpt = load_stage1(ref)
+            model.to(device)
+            name = text_teacher_name(ckpt["teachers"])
+            key = json.dumps(ckpt["teachers"][name], sort_keys=True)
+            if key not in embeddings:  # one text teacher embeds the prompts once
+                teacher = build_teacher(ckpt["teachers"][name], device=device)
+                embeddings[key] = class_embeddings(teacher, classes, templates)
+            metrics = evaluate(model, name, loader, embeddings[key])
+            records.append({
+                "checkpoint": checkpoint, "run": ref, "captions": ckpt.get("captions", "named"),
+                "teachers": len(ckpt["teachers"]), "dim": model.encoder.dim,
+                **{k: 100 * metrics[k] for k in ("top1", "top5", "chance_top1", "chance_top5")},
+            })  # fmt: skip
+    out = resolve(cfg.results)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps(records, indent=1) + "\n")
+    table = zeroshot_table(pd.DataFrame(records), cfg.templates, len(templates), len(classes))
     caption = f"Table 2 (zero-shot classification), embedded default, measured on {machine()}."
     write_table(table, f"{cfg.out_dir}/table2_zeroshot", caption=caption, floatfmt=".1f")
-    log_summary("zeroshot", {k: float(v) for k, v in metrics.items()})
+    first = [r for r in records if r["checkpoint"] == cfg.checkpoints[0]]
+    metrics = {k: float(np.mean([r[k] for r in first])) / 100 for k in ("top1", "top5")}
+    log_summary("zeroshot", metrics)
     return metrics, table
+
+
+CAPTION_MARKS = {"named": "✓", "unnamed": "✗"}  # the paper's "manual captions?" column
+
+
+def zeroshot_table(records: pd.DataFrame, templates: str, count: int, classes: int):
+    """Table 2 rows: each Stage-1 run (mean ± std over its pretraining seeds), chance, and
+    the paper's rows."""
+    rows = []
+    for checkpoint, group in records.groupby("checkpoint", sort=False):
+        first = group.iloc[0]
+        model = f"mmpd Stage-1 {checkpoint} ({first['dim']}-d, {first['teachers']} teachers)"
+        if templates != "mmpd20":
+            model += f", {count} {templates[:-2].upper()} templates"
+        rows.append({
+            "model": model, "captions name the category": CAPTION_MARKS[first["captions"]],
+            "data": f"embedded test split, {classes} classes",
+            "top1": mean_std(group["top1"]), "top5": mean_std(group["top5"]),
+        })  # fmt: skip
+    chance = records.iloc[0]
+    rows.append(
+        {
+            "model": "chance",
+            "captions name the category": "-",
+            "data": "same",
+            "top1": f"{chance['chance_top1']:.1f}",
+            "top5": f"{chance['chance_top5']:.1f}",
+        }
+    )
+    for (model, mark), (top1, top5) in PAPER_TABLE2.items():
+        rows.append({"model": model, "captions name the category": mark,
+                     "data": "ModelNet40 (40 classes)", "top1": f"{top1:.1f}",
+                     "top5": f"{top5:.1f}"})  # fmt: skip
+    return pd.DataFrame(rows)

@@ -4,7 +4,9 @@ Stage-1 teachers never change, so their embeddings of the rendered views and cap
 computed once per (teacher, dataset) and stored as one safetensors file per teacher:
 
 - image teacher: ``features`` (S, V, 2, D) — shape s, view v, 0 = RGB / 1 = depth;
-- text teacher: ``features`` (S, C, D) — up to C captions per shape, ``counts`` (S,) used.
+- text teacher: ``features`` (S, C, D) — up to C captions per shape, ``counts`` (S,) used —
+  and the same of the captions that never name the category (``features_unnamed``,
+  ``counts_unnamed``; ``CAPTION_SETS``), when the data manifest has them.
 
 ``manifest.json`` records, per teacher, its fingerprint (id, weights hash, preprocessing), the
 dtype, the shapes and the data manifest's content hash. A teacher is recomputed only when that
@@ -29,6 +31,17 @@ from mmpd_core.engine import AMP_DTYPES, autocast_context
 from mmpd_core.tracking import progress
 
 RGB, DEPTH = 0, 1
+# caption set -> (data manifest key of its captions file, cached tensor suffix)
+CAPTION_SETS = {"named": ("captions", ""), "unnamed": ("captions_unnamed", "_unnamed")}
+
+
+def caption_sets(data_manifest: dict) -> dict[str, dict[str, list[str]]]:
+    """Every caption set the data manifest has: {set: {shape name: captions}}."""
+    return {
+        name: json.loads(resolve(data_manifest[key]).read_text())
+        for name, (key, _) in CAPTION_SETS.items()
+        if key in data_manifest
+    }
 
 
 def shape_names(data_manifest: dict) -> list[str]:
@@ -132,7 +145,7 @@ def build_cache(
     manifest_path = out_dir / "manifest.json"
     manifest = json.loads(manifest_path.read_text()) if manifest_path.is_file() else {}
     names = shape_names(data_manifest)
-    captions = json.loads(resolve(data_manifest["captions"]).read_text())
+    captions = caption_sets(data_manifest)
     manifest["shapes"], manifest["views_degrees"] = names, degrees
     manifest.setdefault("teachers", {})
     manifest.pop("timings_s", None)  # written by earlier versions
@@ -156,8 +169,13 @@ def build_cache(
     for teacher, _ in stale:
         if teacher.modality == "text":
             tick = time.perf_counter()
-            feats, counts = text_features(teacher, captions, names, batch_size, amp)
-            computed[teacher.name] = {"features": feats, "counts": counts}
+            computed[teacher.name] = {}
+            for caption_set, texts in captions.items():
+                feats, counts = text_features(teacher, texts, names, batch_size, amp)
+                suffix = CAPTION_SETS[caption_set][1]
+                computed[teacher.name].update(
+                    {f"features{suffix}": feats.to(dtype).contiguous(), f"counts{suffix}": counts}
+                )
             seconds[teacher.name] = time.perf_counter() - tick
     for teacher, record in stale:
         tensors = computed[teacher.name]
@@ -211,7 +229,7 @@ class TeacherCache:
     """The cached features of one dataset, indexed by shape position (the manifest's order)."""
 
     def __init__(self, cache_dir, teacher_names=None):
-        cache_dir = Path(cache_dir)
+        cache_dir = self.path = Path(cache_dir)
         manifest_path = cache_dir / "manifest.json"
         if not manifest_path.is_file():
             raise FileNotFoundError(
@@ -246,6 +264,22 @@ class TargetSource:
         self.cache: TeacherCache | None = None
         self.teachers, self.data_manifest, self.captions = None, None, None
         self.caption_top_k = 0
+        self.caption_set = "named"  # CAPTION_SETS: unnamed ones never name the category
+
+    def use_captions(self, caption_set: str) -> None:
+        """Draw caption targets from ``caption_set`` (a ``CAPTION_SETS`` name)."""
+        suffix = CAPTION_SETS[caption_set][1]
+        if self.cache is not None:
+            texts = [n for n, m in self.modality.items() if m == "text"]
+            lacking = [n for n in texts if f"features{suffix}" not in self.cache.tensors[n]]
+            if lacking:
+                raise KeyError(
+                    f"teacher cache {self.cache.path}: no {caption_set} caption features for "
+                    f"{lacking} (rerun data_prep and teacher_cache)"
+                )
+        else:
+            self.captions = caption_sets(self.data_manifest)[caption_set]
+        self.caption_set = caption_set
 
     def _usable(self, counts: torch.Tensor) -> torch.Tensor:
         return counts.clamp(max=self.caption_top_k) if self.caption_top_k else counts
@@ -295,7 +329,9 @@ class TargetSource:
             if self.modality[name] == "image":
                 out[name] = feats[indices, pick["view"], pick["modality"]].float()  # (B, D)
             else:
-                caption = (pick["caption"] * self._usable(tensors["counts"][indices])).long()
+                suffix = CAPTION_SETS[self.caption_set][1]
+                feats, counts = tensors[f"features{suffix}"], tensors[f"counts{suffix}"]
+                caption = (pick["caption"] * self._usable(counts[indices])).long()
                 out[name] = feats[indices, caption].float()  # (B, D)
         return out
 
