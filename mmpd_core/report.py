@@ -376,8 +376,8 @@ def write_index(path: Path, tables: str, context: str) -> None:
         "| [renders_contact_sheet.png](figures/renders_contact_sheet.png) | - | rendered views |",
         "| [selection/embedded/selection.md](selection/embedded/selection.md) | - | recipes "
         "chosen on held-out training shapes (`make select`) |",
-        "| [profiles/cpu/tables/claims.md](profiles/cpu/tables/claims.md) | all | the cpu "
-        "profile's claims (`make repro-cpu`) |",
+        "| profiles/cpu/tables/claims.md | all | the cpu profile's claims, once "
+        "`make repro-cpu` has run |",
         "| [notebooks/](notebooks/) | - | executed copy of every stage's notebook |",
         "| [dvclive/](dvclive/) | - | per-stage metrics, curves and cost.json |",
         "| [results/](results/) | - | one JSON per classification run, grids as CSV/JSON |",

@@ -52,7 +52,8 @@ def test_dvc_repro_runs_every_stage_then_nothing(smoke_repo):
     cost = json.loads((smoke_repo / "reports/dvclive/stage2_variants/joint/cost.json").read_text())
     assert cost["wall_time_s"] > 0 and cost["steps_per_s"] > 0
     zeroshot = json.loads((smoke_repo / "reports/dvclive/zeroshot/metrics.json").read_text())
-    assert 0 <= zeroshot["top1"] <= zeroshot["top5"] <= 1 and zeroshot["chance_top1"] == 0.05
+    assert 0 <= zeroshot["top1"] <= zeroshot["top5"] <= 1
+    assert zeroshot["chance_top1"] == pytest.approx(1 / 40)  # 40 classes
     assert "chance" in (smoke_repo / "reports/tables/table2_zeroshot.md").read_text()
     metrics = json.loads((smoke_repo / "reports/dvclive/models/metrics.json").read_text())
     assert metrics["point_mae_tiny"]["params_M"] > 1.0
