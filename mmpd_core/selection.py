@@ -52,10 +52,6 @@ def name(overrides: dict) -> str:
     return ",".join(f"{k}={v}" for k, v in overrides.items()) or "as params.yaml"
 
 
-def _labels(dataset) -> np.ndarray:
-    return np.array([int(dataset[i]["label"]) for i in range(len(dataset))])
-
-
 def probe_accuracy(encoder, dataset, recipe, fraction: float, seed: int) -> float:
     """Validation accuracy (percent) of a linear probe on frozen features of the training
     split (``holdout``); the test split is never read."""
@@ -107,7 +103,7 @@ def transfer_candidates(cfg: SelectionStage) -> pd.DataFrame:
         family = dataset_family(dataset)
         recipe = dataclasses.replace(cfg.recipes[family], **overrides)
         train_set, _, classes = splits(cfg.data_manifest, dataset, recipe.num_points, data_cache)
-        labels = _labels(train_set)
+        labels = np.asarray(train_set.labels)  # the datasets keep them: no cloud is read
         for k in range(cfg.seeds):
             ref, seed = refs[k % len(refs)], cfg.seed + k
             fit, val = holdout(labels, cfg.val_fraction, seed)
