@@ -12,13 +12,12 @@ ratio to the ~5.2 s that REFERENCE.md gives for the upstream code on this machin
 from __future__ import annotations
 
 import argparse
-import copy
 
 import torch
-from upstream_style import max_abs_diff, upstream_layout
+from upstream_style import max_abs_diff, time_three_ways, upstream_layout
 
 from mmpd_core import create_model
-from mmpd_core.profiling import classification_step, time_steps, training_step_flops
+from mmpd_core.profiling import training_step_flops
 
 UPSTREAM_REFERENCE_S = 5.2  # REFERENCE.md: upstream Point-MAE, same step, this CPU
 
@@ -43,23 +42,7 @@ def main() -> None:
         f"{flops / 1e9:.0f} GFLOP per step (torch flop counter); {torch.get_num_threads()} threads"
     )
 
-    runs = {
-        "upstream layout fp32": (baseline, None),
-        "mmpd fp32": (model, None),
-        "mmpd bf16 autocast": (copy.deepcopy(model), torch.bfloat16),
-    }
-    results = {}
-    for name, (net, dtype) in runs.items():
-        net.train()
-        opt = torch.optim.AdamW(net.parameters(), lr=5e-4, weight_decay=0.05)
-        times = time_steps(
-            lambda net=net, opt=opt, dtype=dtype: classification_step(
-                net, opt, points, labels, amp_dtype=dtype
-            ),
-            repeats=args.repeats,
-        )
-        results[name] = min(times)
-        print(f"{name:>22}: {min(times):.3f} s/step (runs: {', '.join(f'{t:.2f}' for t in times)})")
+    results = time_three_ways(model, baseline, points, labels, args.repeats)
     base = results["upstream layout fp32"]
     print("\nratio to the upstream layout measured here / to the 5.2 s upstream reference:")
     for name, seconds in results.items():

@@ -21,11 +21,14 @@ class ExplicitAttention(nn.Module):
         super().__init__()
         self.num_heads, self.qkv, self.proj = attn.num_heads, attn.qkv, attn.proj
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, attn_mask: torch.Tensor | None = None) -> torch.Tensor:
+        """``attn_mask``: an additive bias (B, 1, T, T) added to the scaled logits."""
         b, t, d = x.shape
         h = self.num_heads
         q, k, v = self.qkv(x).reshape(b, t, 3, h, d // h).permute(2, 0, 3, 1, 4)  # (B, H, T, d)
         attn = (q @ k.transpose(-2, -1)) * (d // h) ** -0.5  # (B, H, T, T)
+        if attn_mask is not None:
+            attn = attn + attn_mask
         return self.proj((attn.softmax(dim=-1) @ v).transpose(1, 2).reshape(b, t, d))
 
 
@@ -42,8 +45,8 @@ class ConvTokenizer(nn.Module):
         )
 
     def forward(self, neighborhood: torch.Tensor) -> torch.Tensor:
-        b, g, k, _ = neighborhood.shape
-        x = neighborhood.reshape(b * g, k, 3).transpose(2, 1)  # (BG, 3, K)
+        b, g, k, c = neighborhood.shape
+        x = neighborhood.reshape(b * g, k, c).transpose(2, 1)  # (BG, C, K)
         f = self.first_conv(x)  # (BG, 256, K)
         f = torch.cat([f.max(dim=2, keepdim=True)[0].expand(-1, -1, k), f], dim=1)  # (BG, 512, K)
         f = self.second_conv(f)  # (BG, C, K)
@@ -71,3 +74,29 @@ def max_abs_diff(a: nn.Module, b: nn.Module, points: torch.Tensor) -> float:
     a.eval(), b.eval()
     with torch.no_grad():
         return (a(points) - b(points)).abs().max().item()
+
+
+def time_three_ways(model, baseline, points, labels, repeats: int) -> dict[str, float]:
+    """Seconds per classification training step (forward + backward + AdamW; best of
+    ``repeats``) of the upstream layout in float32, mmpd in float32 and mmpd under bf16
+    autocast, each from the same weights; prints every run."""
+    from mmpd_core.profiling import classification_step, time_steps
+
+    runs = {
+        "upstream layout fp32": (baseline, None),
+        "mmpd fp32": (model, None),
+        "mmpd bf16 autocast": (copy.deepcopy(model), torch.bfloat16),
+    }
+    results = {}
+    for name, (net, dtype) in runs.items():
+        net.train()
+        opt = torch.optim.AdamW(net.parameters(), lr=5e-4, weight_decay=0.05)
+        times = time_steps(
+            lambda net=net, opt=opt, dtype=dtype: classification_step(
+                net, opt, points, labels, amp_dtype=dtype
+            ),
+            repeats=repeats,
+        )
+        results[name] = min(times)
+        print(f"{name:>22}: {min(times):.3f} s/step (runs: {', '.join(f'{t:.2f}' for t in times)})")
+    return results

@@ -212,7 +212,8 @@ class Recipe(Schedule):
     drop_path_rate: float
     head_epochs: int  # frozen protocols: full-batch epochs of the head on cached features
     head_lr: float
-    grouping: dict[str, dict[str, int]]  # per architecture: its config at this cloud size
+    # per architecture: its config at this cloud size (num_groups; M2AE pooling, group_sizes)
+    grouping: dict[str, dict[str, int | str | tuple[int, ...]]]
 
 
 Protocol = Literal["full", "mlp3", "linear"]

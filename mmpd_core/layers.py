@@ -49,11 +49,15 @@ class Attention(nn.Module):
         self.qkv = nn.Linear(dim, dim * 3, bias=False)
         self.proj = nn.Linear(dim, dim)
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, attn_mask: torch.Tensor | None = None) -> torch.Tensor:
+        """``attn_mask``: an additive bias (B, 1, T, T) on the logits (Point-M2AE adds -1e5
+        where a pair is masked), cast to the compute dtype; None attends everywhere."""
         batch, tokens, dim = x.shape
         qkv = self.qkv(x).reshape(batch, tokens, 3, self.num_heads, dim // self.num_heads)
         q, k, v = qkv.permute(2, 0, 3, 1, 4).unbind(0)  # each (B, H, T, D/H)
-        out = F.scaled_dot_product_attention(q, k, v)  # (B, H, T, D/H), scale (D/H)^-0.5
+        if attn_mask is not None:
+            attn_mask = attn_mask.to(q.dtype)
+        out = F.scaled_dot_product_attention(q, k, v, attn_mask)  # (B, H, T, D/H)
         return self.proj(out.transpose(1, 2).reshape(batch, tokens, dim))  # (B, T, D)
 
 
@@ -68,8 +72,8 @@ class Block(nn.Module):
         self.mlp = Mlp(dim, int(dim * mlp_ratio))
         self.drop_path = DropPath(drop_path)
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        x = x + self.drop_path(self.attn(self.norm1(x)))
+    def forward(self, x: torch.Tensor, attn_mask: torch.Tensor | None = None) -> torch.Tensor:
+        x = x + self.drop_path(self.attn(self.norm1(x), attn_mask))
         return x + self.drop_path(self.mlp(self.norm2(x)))
 
 
@@ -124,31 +128,45 @@ class PatchTokenizer(nn.Module):
     the same map. The 4h -> 4h layer sees concat(global feature, point feature); its global
     half is applied once per group instead of once per point (same result, ~25% fewer FLOPs).
     BatchNorm runs over all points of all groups, as BatchNorm1d on (B*G, C, K) does upstream.
+    The max over a group is ``max`` (upstream's; its backward scatters to the arg-max, where
+    ``amax`` would compare, count and divide over the whole group: 5x dearer on CPU).
+
+    ``in_dim`` and ``widths`` (h1, h2, h4) generalise it to groups of C-channel features:
+    Point-M2AE merges K tokens of width d with ``in_dim=d, widths=(d, d, out_dim)``.
     """
 
-    def __init__(self, out_dim: int, hidden: int = 128):
+    def __init__(
+        self,
+        out_dim: int,
+        hidden: int = 128,
+        *,
+        in_dim: int = 3,
+        widths: tuple[int, int, int] | None = None,
+    ):
         super().__init__()
-        self.widths = (hidden, 2 * hidden, 4 * hidden)
+        self.in_dim = in_dim
+        self.widths = widths or (hidden, 2 * hidden, 4 * hidden)
         h1, h2, h4 = self.widths
         self.first_conv = nn.Sequential(
-            nn.Linear(3, h1), nn.BatchNorm1d(h1), nn.ReLU(inplace=True), nn.Linear(h1, h2)
+            nn.Linear(in_dim, h1), nn.BatchNorm1d(h1), nn.ReLU(inplace=True), nn.Linear(h1, h2)
         )
         self.second_conv = nn.Sequential(
             nn.Linear(2 * h2, h4), nn.BatchNorm1d(h4), nn.ReLU(inplace=True), nn.Linear(h4, out_dim)
         )
 
     def forward(self, neighborhood: torch.Tensor) -> torch.Tensor:
+        """Groups (B, G, K, C) -> tokens (B, G, out_dim)."""
         batch, groups, k, _ = neighborhood.shape
         _, h2, h4 = self.widths
-        points = neighborhood.reshape(batch * groups * k, 3)  # (BGK, 3)
+        points = neighborhood.reshape(batch * groups * k, self.in_dim)  # (BGK, C)
         feat = self.first_conv(points).view(batch * groups, k, h2)  # (BG, K, 2h)
-        global_feat = feat.amax(dim=1)  # (BG, 2h)
+        global_feat = feat.max(dim=1).values  # (BG, 2h)
         fuse = self.second_conv[0]
         w_global, w_point = fuse.weight[:, :h2], fuse.weight[:, h2:]  # (4h, 2h) each
         hidden = F.linear(feat, w_point).add_(F.linear(global_feat, w_global, fuse.bias)[:, None])
         hidden = self.second_conv[2](self.second_conv[1](hidden.view(-1, h4)))  # (BGK, 4h)
-        tokens = self.second_conv[3](hidden).view(batch * groups, k, -1).amax(dim=1)  # (BG, C)
-        return tokens.view(batch, groups, -1)  # (B, G, C)
+        tokens = self.second_conv[3](hidden).view(batch * groups, k, -1)  # (BG, K, C)
+        return tokens.max(dim=1).values.view(batch, groups, -1)  # (B, G, C)
 
 
 def init_weights(module: nn.Module) -> None:

@@ -214,7 +214,8 @@ class Stage2Step:
         if self.teacher is not None:
             targets = self.teacher_targets(patches)
         else:  # joint training: the model's own full-cloud features, detached
-            targets = {k: v.detach() for k, v in out.get("full", {}).items()}
+            full = out.get("full", {})  # cls is None for a backbone without a cls token
+            targets = {k: v.detach() for k, v in full.items() if v is not None}
         terms, metrics = {}, {}
         if module.local_target == "features":
             terms["local"] = local_distillation_loss(out["local"], targets["tokens"])

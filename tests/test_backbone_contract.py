@@ -6,6 +6,8 @@ parameter count of every entry is checked at full size on the meta device (no me
 
 from __future__ import annotations
 
+import dataclasses
+
 import pytest
 import torch
 import torch.nn.functional as F
@@ -23,7 +25,19 @@ from mmpd_core.models import (
 )
 
 # Per architecture: a fast size for the suite (the smallest entry, shrunk further).
-SMALL = {"point_mae": ("point_mae_tiny", {"depth": 2, "trans_dim": 32, "num_heads": 2})}
+SMALL = {
+    "point_mae": ("point_mae_tiny", {"depth": 2, "trans_dim": 32, "num_heads": 2}),
+    "point_m2ae": (
+        "point_m2ae_small",
+        {
+            "num_groups": (64, 32, 16),
+            "encoder_dims": (12, 24, 48),
+            "encoder_depths": (1, 1, 2),
+            "num_heads": 2,
+            "tokenizer_hidden": 16,
+        },
+    ),
+}
 POINTS = 256
 
 
@@ -101,22 +115,42 @@ def test_visible_encoding_with_nothing_masked_is_the_full_encoding(arch):
         torch.testing.assert_close(visible["cls"], full["cls"], rtol=1e-5, atol=1e-6)
 
 
+def with_noise(model, patches: Patches, masking, where: str, scale: float) -> Patches:
+    """``patches`` with noise on the input content of the masked (``where="masked"``) or the
+    visible patches. A flat encoder reads its patches from the distillation level; a
+    hierarchical one (``levels``, finest first: Point-M2AE) from the finest level, where the
+    hidden tokens are those its ``visible_hierarchy`` (the pushed-down mask) leaves out."""
+    if not patches.levels:
+        pick = masking.mask if where == "masked" else ~masking.mask  # (B, G)
+        noisy = patches.neighborhood.clone()
+        noisy[pick] += scale * torch.randn_like(noisy[pick])
+        return dataclasses.replace(patches, neighborhood=noisy)
+    visible = model.visible_hierarchy(patches, masking)[0]  # (B, G_0)
+    pick = ~visible if where == "masked" else visible
+    assert pick.any() and not pick.all()
+    finest = patches.levels[0]
+    noisy = finest.neighborhood.clone()
+    noisy[pick] += scale * torch.randn_like(noisy[pick])
+    levels = (dataclasses.replace(finest, neighborhood=noisy), *patches.levels[1:])
+    return dataclasses.replace(patches, levels=levels)
+
+
 @pytest.mark.parametrize("mode", ["train", "eval"])
 def test_masked_patches_cannot_change_the_visible_encoding(arch, mode):
     model = small(arch, drop_path_rate=0.0).train(mode == "train")
     patches = model.group(unit_sphere_cloud(2, POINTS))
     masking = model.random_masking(patches, 0.6, torch.Generator().manual_seed(1))
 
-    def visible(neighborhood):
+    def visible(patches):
         with torch.no_grad():
-            return model.forward_visible(Patches(neighborhood, patches.centers), masking)["tokens"]
+            return model.forward_visible(patches, masking)["tokens"]
 
-    noisy = patches.neighborhood.clone()
+    clean = visible(patches)
+    assert torch.equal(visible(with_noise(model, patches, masking, "masked", 1.0)), clean)
+    noisy = patches.neighborhood.clone()  # the distillation level's own masked patches
     noisy[masking.mask] += torch.randn_like(noisy[masking.mask])
-    assert torch.equal(visible(noisy), visible(patches.neighborhood))
-    noisy = patches.neighborhood.clone()
-    noisy[~masking.mask] += 0.1 * torch.randn_like(noisy[~masking.mask])
-    assert not torch.allclose(visible(noisy), visible(patches.neighborhood))
+    assert torch.equal(visible(dataclasses.replace(patches, neighborhood=noisy)), clean)
+    assert not torch.allclose(visible(with_noise(model, patches, masking, "visible", 0.1)), clean)
 
 
 def test_a_seed_fixes_initialisation_and_masking(arch):
@@ -160,7 +194,7 @@ def test_save_load_round_trip_rebuilds_the_architecture_from_the_file(arch, tmp_
 def test_unknown_names_are_errors_that_list_the_known_ones(tmp_path):
     from mmpd_core.checkpoint import save_checkpoint
 
-    with pytest.raises(KeyError, match=r"unknown model 'pointnet'; known: \['point_mae'"):
+    with pytest.raises(KeyError, match=r"unknown model 'pointnet'; known: \['point_m2ae'"):
         create_model("pointnet")
     save_checkpoint(tmp_path / "x.safetensors", {}, config={"arch": "pointnet2"})
     with pytest.raises(KeyError, match=r"x\.safetensors: unknown architecture 'pointnet2'; known"):

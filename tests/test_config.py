@@ -81,7 +81,11 @@ def test_sections_merge_deeply_in_order(tmp_path):
         5e-4,
         300,
     )
-    assert paper.grouping == {"point_mae": {"num_groups": 128}} and paper.grad_clip == 10.0
+    assert paper.grouping == {
+        "point_mae": {"num_groups": 128},
+        "point_m2ae": {"pooling": "scanobjectnn", "group_sizes": (32, 16, 16)},
+    }
+    assert paper.grad_clip == 10.0
     few = config.load("fewshot", smoke=False, params_path=paper_file).recipe  # over modelnet40
     assert (few.epochs, few.num_points, few.batch_size, few.augment) == (
         150,

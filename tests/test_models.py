@@ -116,3 +116,19 @@ def test_every_parameter_gets_a_gradient():
     loss = F.cross_entropy(model(points), labels)
     loss.backward()
     assert all(p.grad is not None and p.grad.abs().sum() > 0 for p in model.parameters())
+
+
+def test_point_m2ae_named_sizes():
+    with torch.device("meta"):
+        paper = create_model("point_m2ae", num_classes=40)
+        small = create_model("point_m2ae_small", num_classes=40)
+    cfg = paper.config
+    assert (cfg.num_groups, cfg.group_sizes) == ((512, 256, 64), (16, 8, 8))
+    assert (cfg.encoder_dims, cfg.encoder_depths, cfg.num_heads) == ((96, 192, 384), (5,) * 3, 6)
+    assert (cfg.local_radius, cfg.distill_scale) == ((0.32, 0.64, 1.28), -1)
+    rates = [block.drop_path.p for stage in paper.stages for block in stage.blocks]
+    assert rates[0] == 0.0 and rates[-1] == pytest.approx(0.1) and len(rates) == 15
+    assert (paper.dim, paper.global_dim, paper.patch_points) == (384, 384, 8)
+    assert sum(p.numel() for p in paper.parameters()) == 12_830_056  # upstream's fine-tune model
+    assert sum(p.numel() for p in small.parameters()) == 951_560
+    assert (MODELS["point_m2ae"].size, MODELS["point_m2ae_small"].arch) == ("paper", "point_m2ae")

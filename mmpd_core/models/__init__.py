@@ -4,7 +4,9 @@
 constructors keyed by architecture and size (timm's ``create_model`` over registered
 constructors); keyword overrides replace fields of the architecture's config. Every entry
 states its parameter count (with a 40-class head), checked on the meta device by the tests;
-for the paper-size entries that is the paper's figure (Point-MAE 22.1 M).
+for the paper-size entries that is the paper's figure (Point-MAE 22.1 M) or, for Point-M2AE,
+upstream's fine-tune model (12.83 M; the paper's 15.3 M counts its pretraining model, decoder
+included: ``point_m2ae_pretrain.PointM2AEPretrain``).
 
 Every pretraining run leaves ``encoder.safetensors`` (``save_encoder``); its config names the
 architecture, so ``load_encoder`` rebuilds any registered backbone from the file alone.
@@ -18,7 +20,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from mmpd_core.checkpoint import load_checkpoint, read_metadata, save_checkpoint
-from mmpd_core.models import point_mae
+from mmpd_core.models import point_m2ae, point_mae
 from mmpd_core.models.contract import Backbone, Encoding, Patches
 
 __all__ = [
@@ -52,8 +54,13 @@ class ModelEntry:
 MODELS: dict[str, ModelEntry] = {
     "point_mae": ModelEntry("point_mae", "paper", point_mae.point_mae, 22.1),
     "point_mae_tiny": ModelEntry("point_mae", "tiny", point_mae.point_mae_tiny, 1.06),
+    "point_m2ae": ModelEntry("point_m2ae", "paper", point_m2ae.point_m2ae, 12.83),
+    "point_m2ae_small": ModelEntry("point_m2ae", "small", point_m2ae.point_m2ae_small, 0.95),
 }
-ARCHITECTURES: dict[str, type[Backbone]] = {"point_mae": point_mae.PointMAE}
+ARCHITECTURES: dict[str, type[Backbone]] = {
+    "point_mae": point_mae.PointMAE,
+    "point_m2ae": point_m2ae.PointM2AE,
+}
 
 
 def _unknown(kind: str, name: str, known) -> KeyError:

@@ -43,8 +43,9 @@ after the given blocks (0-based), each through the final norm.
 
 Invariants (the shared test suite): shapes as above; the masking masks exactly the same
 number of tokens in every sample, keep and mask indices partition range(G); encoding with
-nothing masked equals the full encoding; masked patches cannot change visible outputs; a seed
-fixes initialisation and masking; gradients reach every parameter; save / load round-trips.
+nothing masked equals the full encoding; masked patches cannot change visible outputs (for a
+hierarchical encoder: the finest-level inputs its pushed-down mask hides); a seed fixes
+initialisation and masking; gradients reach every parameter; save / load round-trips.
 """
 
 from __future__ import annotations

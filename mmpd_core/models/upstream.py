@@ -1,4 +1,5 @@
-"""Load released upstream checkpoints through an explicit key map (Point-MAE now).
+"""Load released upstream checkpoints through an explicit key map: Point-MAE here, Point-M2AE
+in ``upstream_m2ae.py`` (``load_upstream_checkpoint`` picks the adapter from the model).
 
 Two layouts exist upstream, both whole training checkpoints (``base_model``, ``optimizer``,
 ``epoch``, ``metrics``, ``best_metrics``), with keys possibly prefixed by ``module.``:
@@ -10,7 +11,8 @@ Two layouts exist upstream, both whole training checkpoints (``base_model``, ``o
   ``norm.*``, ``cls_head_finetune.{0,1,4,5,8}.*``.
 
 Loading is strict: every checkpoint key is either mapped or skipped for a stated reason, every
-model key is either loaded or expected to be absent from that layout, and shapes must match.
+model key is either loaded or expected to be absent from that layout, no two checkpoint keys
+fill the same model key, and shapes must match.
 """
 
 from __future__ import annotations
@@ -20,8 +22,6 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
-
-from mmpd_core.models.contract import Backbone
 
 # (checkpoint-key pattern, model-key template); the first match wins.
 _ENCODER_RULES = [
@@ -37,9 +37,22 @@ _FINETUNE_RULES = [
     *_ENCODER_RULES,
 ]
 _PRETRAIN_RULES = [(r"MAE_encoder\." + pattern, target) for pattern, target in _ENCODER_RULES]
-_PRETRAIN_DECODER = re.compile(
-    r"(mask_token|decoder_pos_embed\..+|MAE_decoder\..+|increase_dim\..+)"
-)
+_PRETRAIN_DECODER = r"(mask_token|decoder_pos_embed\..+|MAE_decoder\..+|increase_dim\..+)"
+HEAD_SKIP = "classification head of another class count (or no head)"
+
+
+@dataclass(frozen=True)
+class Layout:
+    """One checkpoint layout: ``rules`` (checkpoint-key pattern, model-key template; the first
+    match wins), ``skip`` (pattern, reason) for keys deliberately not loaded, and the model-key
+    prefixes ``absent`` from such files (kept initialised). A mapped key under ``head`` whose
+    shape differs (another class count) or that the model lacks is skipped, not an error."""
+
+    name: str
+    rules: list
+    skip: list = field(default_factory=list)
+    absent: tuple[str, ...] = ()
+    head: str = "head."
 
 
 @dataclass
@@ -60,7 +73,9 @@ class LoadReport:
         )
 
 
-def _read(path: Path) -> dict:
+def read_checkpoint(path: Path) -> dict:
+    """A whole upstream training checkpoint, tensors only: its ``state`` (``base_model``),
+    ``epoch`` and ``metrics``."""
     if not path.is_file():
         raise FileNotFoundError(f"checkpoint not found: {path}")
     try:
@@ -73,7 +88,8 @@ def _read(path: Path) -> dict:
     return {"state": state, "epoch": ckpt.get("epoch"), "metrics": ckpt.get("metrics") or {}}
 
 
-def _strip(key: str) -> str:
+def strip_module_prefix(key: str) -> str:
+    """A DataParallel key without its ``module.``."""
     return key[len("module.") :] if key.startswith("module.") else key
 
 
@@ -91,38 +107,38 @@ def _to_model_shape(value: torch.Tensor, expected: torch.Size) -> torch.Tensor:
     return value
 
 
-def load_upstream_checkpoint(model: Backbone, path: str | Path) -> LoadReport:
-    """Load a released Point-MAE checkpoint (pretrain or fine-tune layout) into ``model``.
-
-    Raises ``ValueError`` listing every unmapped checkpoint key, missing model key and shape
-    mismatch. A fine-tuned head with another class count is skipped (and reported) rather
-    than loaded. Returns a ``LoadReport``.
-    """
-    if model.arch != "point_mae":
-        raise ValueError(f"{path}: no upstream checkpoint adapter for {model.arch!r} (point_mae)")
-    path = Path(path)
-    raw = _read(path)
-    state = raw["state"]
-    pretrain = any(_strip(k).startswith("MAE_encoder.") for k in state)
-    report = LoadReport(layout="pretrain" if pretrain else "finetune", epoch=raw["epoch"])
+def apply_layout(model, path: Path, raw: dict, layout: Layout, label: str) -> LoadReport:
+    """Map ``raw`` (from ``read_checkpoint``) into ``model`` by ``layout``; raise ``ValueError``
+    listing every unmapped or doubly mapped checkpoint key, missing model key and shape
+    mismatch at once. Returns the ``LoadReport``."""
+    report = LoadReport(layout=layout.name, epoch=raw["epoch"])
     report.metrics = {k: float(v) for k, v in raw["metrics"].items()}
-    rules = _PRETRAIN_RULES if pretrain else _FINETUNE_RULES
     own = model.state_dict()
-    mapped, problems, misshaped = {}, [], set()
-    for key, value in state.items():
-        target = _map_key(_strip(key), rules)
+    mapped, sources, problems, misshaped = {}, {}, [], set()
+    for key, value in raw["state"].items():
+        bare = strip_module_prefix(key)
+        target = _map_key(bare, layout.rules)
         if target is None:
-            if pretrain and _PRETRAIN_DECODER.fullmatch(_strip(key)):
-                report.skipped[key] = "pretraining decoder, not part of the encoder"
+            reason = next((why for rule, why in layout.skip if re.fullmatch(rule, bare)), None)
+            if reason is not None:
+                report.skipped[key] = reason
             else:
                 problems.append(f"unmapped checkpoint key {key!r} {tuple(value.shape)}")
             continue
-        if target.startswith("head.") and (model.head is None or own[target].shape != value.shape):
-            report.skipped[key] = "classification head of another class count (or no head)"
+        if target.startswith(layout.head) and (
+            target not in own or own[target].shape != value.shape
+        ):
+            report.skipped[key] = HEAD_SKIP
             continue
         if target not in own:
             problems.append(f"checkpoint key {key!r} maps to {target!r}, absent from the model")
             continue
+        if target in sources:
+            problems.append(
+                f"ambiguous: checkpoint keys {sources[target]!r} and {key!r} both map to {target!r}"
+            )
+            continue
+        sources[target] = key
         value = _to_model_shape(value, own[target].shape)
         if value.shape != own[target].shape:
             problems.append(
@@ -132,18 +148,53 @@ def load_upstream_checkpoint(model: Backbone, path: str | Path) -> LoadReport:
             misshaped.add(target)
             continue
         mapped[target] = value
-    absent = [k for k in own if k not in mapped and k not in misshaped]
-    allowed_absent = ("cls_token", "cls_pos", "head.") if pretrain else ("head.",)
-    for key in absent:
-        if key.startswith(allowed_absent):
+    for key in own:
+        if key in mapped or key in misshaped:
+            continue
+        if key.startswith((*layout.absent, layout.head)):
             report.kept_initialised.append(key)
         else:
             problems.append(f"model key {key!r} has no value in the checkpoint")
     if problems:
         raise ValueError(
-            f"{path}: cannot load as Point-MAE {report.layout}:\n  " + "\n  ".join(problems)
+            f"{path}: cannot load as {label} {layout.name}:\n  " + "\n  ".join(problems)
         )
     model.load_state_dict({**own, **mapped}, strict=True)
     report.loaded = sorted(mapped)
     report.kept_initialised.sort()
     return report
+
+
+_POINT_MAE_LAYOUTS = {
+    "pretrain": Layout(
+        "pretrain",
+        _PRETRAIN_RULES,
+        skip=[(_PRETRAIN_DECODER, "pretraining decoder, not part of the encoder")],
+        absent=("cls_token", "cls_pos"),
+    ),
+    "finetune": Layout("finetune", _FINETUNE_RULES),
+}
+
+
+def load_upstream_checkpoint(model, path: str | Path) -> LoadReport:
+    """Load a released checkpoint (pretrain or fine-tune layout) into ``model``: a Point-MAE
+    encoder here, a Point-M2AE encoder or pretraining model via ``upstream_m2ae``.
+
+    Raises ``ValueError`` listing every unmapped checkpoint key, missing model key and shape
+    mismatch. A fine-tuned head with another class count is skipped (and reported) rather
+    than loaded. Returns a ``LoadReport``.
+    """
+    arch = getattr(model, "arch", None)
+    if arch == "point_m2ae":
+        from mmpd_core.models.upstream_m2ae import load_m2ae_checkpoint
+
+        return load_m2ae_checkpoint(model, path)
+    if arch != "point_mae":
+        raise ValueError(
+            f"{path}: no upstream checkpoint adapter for {arch!r} (point_mae, point_m2ae)"
+        )
+    path = Path(path)
+    raw = read_checkpoint(path)
+    pretrain = any(strip_module_prefix(k).startswith("MAE_encoder.") for k in raw["state"])
+    layout = _POINT_MAE_LAYOUTS["pretrain" if pretrain else "finetune"]
+    return apply_layout(model, path, raw, layout, "Point-MAE")
