@@ -37,6 +37,7 @@ SMALL = {
             "tokenizer_hidden": 16,
         },
     ),
+    "point_mamba": ("point_mamba_small", {"depth": 2, "trans_dim": 32, "tokenizer_hidden": 16}),
 }
 POINTS = 256
 

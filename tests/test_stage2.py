@@ -14,6 +14,7 @@ from mmpd_core.losses import masked_point_loss
 from mmpd_core.models import Patches, load_encoder, save_encoder
 from mmpd_core.models.point_m2ae import point_m2ae
 from mmpd_core.models.point_mae import PointMAE, PointMAEConfig
+from mmpd_core.models.point_mamba import point_mamba_small
 from mmpd_core.shuffle import gather_tokens, random_masking
 from mmpd_core.stage1 import Stage1Step
 from mmpd_core.stage2 import Stage2Step, build_model, build_student
@@ -28,7 +29,12 @@ M2AE_SMALL = dict(  # three scales over 512 points, a few thousand parameters pe
     num_heads=2,
     tokenizer_hidden=16,
 )
-BACKBONES = {"point_mae": lambda: PointMAE(SMALL), "point_m2ae": lambda: point_m2ae(**M2AE_SMALL)}
+MAMBA_SMALL = dict(trans_dim=32, depth=2, num_groups=16, tokenizer_hidden=16)
+BACKBONES = {
+    "point_mae": lambda: PointMAE(SMALL),
+    "point_m2ae": lambda: point_m2ae(**M2AE_SMALL),
+    "point_mamba": lambda: point_mamba_small(**MAMBA_SMALL),
+}
 
 
 def shapes(batch: int, num_points: int = 512) -> torch.Tensor:

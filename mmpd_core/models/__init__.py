@@ -6,7 +6,8 @@ constructors); keyword overrides replace fields of the architecture's config. Ev
 states its parameter count (with a 40-class head), checked on the meta device by the tests;
 for the paper-size entries that is the paper's figure (Point-MAE 22.1 M) or, for Point-M2AE,
 upstream's fine-tune model (12.83 M; the paper's 15.3 M counts its pretraining model, decoder
-included: ``point_m2ae_pretrain.PointM2AEPretrain``).
+included: ``point_m2ae_pretrain.PointM2AEPretrain``) and, for PointMamba, upstream's
+``PointMambaScan`` (12.30 M; its encoder alone 12.12 M).
 
 Every pretraining run leaves ``encoder.safetensors`` (``save_encoder``); its config names the
 architecture, so ``load_encoder`` rebuilds any registered backbone from the file alone.
@@ -20,7 +21,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from mmpd_core.checkpoint import load_checkpoint, read_metadata, save_checkpoint
-from mmpd_core.models import point_m2ae, point_mae
+from mmpd_core.models import point_m2ae, point_mae, point_mamba
 from mmpd_core.models.contract import Backbone, Encoding, Patches
 
 __all__ = [
@@ -56,10 +57,13 @@ MODELS: dict[str, ModelEntry] = {
     "point_mae_tiny": ModelEntry("point_mae", "tiny", point_mae.point_mae_tiny, 1.06),
     "point_m2ae": ModelEntry("point_m2ae", "paper", point_m2ae.point_m2ae, 12.83),
     "point_m2ae_small": ModelEntry("point_m2ae", "small", point_m2ae.point_m2ae_small, 0.95),
+    "point_mamba": ModelEntry("point_mamba", "paper", point_mamba.point_mamba, 12.30),
+    "point_mamba_small": ModelEntry("point_mamba", "small", point_mamba.point_mamba_small, 0.94),
 }
 ARCHITECTURES: dict[str, type[Backbone]] = {
     "point_mae": point_mae.PointMAE,
     "point_m2ae": point_m2ae.PointM2AE,
+    "point_mamba": point_mamba.PointMamba,
 }
 
 

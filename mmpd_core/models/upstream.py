@@ -1,5 +1,6 @@
 """Load released upstream checkpoints through an explicit key map: Point-MAE here, Point-M2AE
-in ``upstream_m2ae.py`` (``load_upstream_checkpoint`` picks the adapter from the model).
+in ``upstream_m2ae.py``, PointMamba in ``upstream_mamba.py`` (``load_upstream_checkpoint``
+picks the adapter from the model).
 
 Two layouts exist upstream, both whole training checkpoints (``base_model``, ``optimizer``,
 ``epoch``, ``metrics``, ``best_metrics``), with keys possibly prefixed by ``module.``:
@@ -178,7 +179,8 @@ _POINT_MAE_LAYOUTS = {
 
 def load_upstream_checkpoint(model, path: str | Path) -> LoadReport:
     """Load a released checkpoint (pretrain or fine-tune layout) into ``model``: a Point-MAE
-    encoder here, a Point-M2AE encoder or pretraining model via ``upstream_m2ae``.
+    encoder here, a Point-M2AE encoder or pretraining model via ``upstream_m2ae``, a
+    PointMamba encoder via ``upstream_mamba``.
 
     Raises ``ValueError`` listing every unmapped checkpoint key, missing model key and shape
     mismatch. A fine-tuned head with another class count is skipped (and reported) rather
@@ -189,9 +191,14 @@ def load_upstream_checkpoint(model, path: str | Path) -> LoadReport:
         from mmpd_core.models.upstream_m2ae import load_m2ae_checkpoint
 
         return load_m2ae_checkpoint(model, path)
+    if arch == "point_mamba":
+        from mmpd_core.models.upstream_mamba import load_mamba_checkpoint
+
+        return load_mamba_checkpoint(model, path)
     if arch != "point_mae":
         raise ValueError(
-            f"{path}: no upstream checkpoint adapter for {arch!r} (point_mae, point_m2ae)"
+            f"{path}: no upstream checkpoint adapter for {arch!r} "
+            "(point_mae, point_m2ae, point_mamba)"
         )
     path = Path(path)
     raw = read_checkpoint(path)
