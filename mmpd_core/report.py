@@ -18,7 +18,7 @@ from mmpd_core import claims
 from mmpd_core.config import ReportStage, live_dir, read_params, resolve, run_dir
 from mmpd_core.models import create_model
 from mmpd_core.tables import write_table
-from mmpd_core.tracking import machine
+from mmpd_core.tracking import context
 
 # Encoders by run name (params.yaml and the result files name runs, config.run_dir).
 LABELS = {
@@ -376,8 +376,8 @@ def write_index(path: Path, tables: str, context: str) -> None:
         "| [renders_contact_sheet.png](figures/renders_contact_sheet.png) | - | rendered views |",
         "| [selection/embedded/selection.md](selection/embedded/selection.md) | - | recipes "
         "chosen on held-out training shapes (`make select`) |",
-        "| profiles/cpu/tables/claims.md | all | the cpu profile's claims, once "
-        "`make repro-cpu` has run |",
+        "| [profiles/cpu/tables/claims.md](profiles/cpu/tables/claims.md) | all | the cpu "
+        "profile's claims (`make repro-cpu`; its git commit in `profiles/cpu/profile_run.json`) |",
         "| [notebooks/](notebooks/) | - | executed copy of every stage's notebook |",
         "| [dvclive/](dvclive/) | - | per-stage metrics, curves and cost.json |",
         "| [results/](results/) | - | one JSON per classification run, grids as CSV/JSON |",
@@ -391,19 +391,6 @@ _ABLATION_TABLES = (
     "table8_baselines",
     "table11_teachers",
 )
-
-
-def context(smoke: bool | None = None, params_path=None) -> str:
-    """'Profile: ...; machine: ...' for captions: the params.yaml profile (and smoke flag,
-    ``None`` reading it from params.yaml) and where this ran."""
-    params = read_params(params_path)
-    smoke = params.get("smoke", False) if smoke is None else smoke
-    profile = params.get("profile", "embedded")
-    name = {
-        "embedded": "embedded default (procedural stand-ins)",
-        "cpu": "cpu profile (procedural stand-ins, longer schedules, 3 pretraining runs)",
-    }.get(profile, "paper profile")
-    return f"Profile: {name}{' at smoke size' if smoke else ''}; machine: {machine()}"
 
 
 def run_stage(cfg: ReportStage, smoke: bool | None = None) -> dict[str, pd.DataFrame]:

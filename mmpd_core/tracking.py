@@ -12,7 +12,7 @@ import torch
 from dvclive import Live
 from tqdm import tqdm
 
-from mmpd_core.config import resolve
+from mmpd_core.config import read_params, resolve
 
 DVCLIVE_ROOT = "reports/dvclive"
 
@@ -29,6 +29,19 @@ def machine() -> str:
     if torch.cuda.is_available():
         return f"{torch.cuda.get_device_name()} (CUDA {torch.version.cuda})"
     return f"{platform.machine()} CPU, {torch.get_num_threads()} threads"
+
+
+def context(smoke: bool | None = None, params_path=None) -> str:
+    """'Profile: ...; machine: ...' for captions: the params.yaml profile (and smoke flag,
+    ``None`` reading it from params.yaml) and where this ran."""
+    params = read_params(params_path)
+    smoke = params.get("smoke", False) if smoke is None else smoke
+    profile = params.get("profile", "embedded")
+    name = {
+        "embedded": "embedded default (procedural stand-ins)",
+        "cpu": "cpu profile (procedural stand-ins, longer schedules, 3 pretraining runs)",
+    }.get(profile, "paper profile")
+    return f"Profile: {name}{' at smoke size' if smoke else ''}; machine: {machine()}"
 
 
 def live(stage: str, *, resume: bool = False) -> Live:

@@ -25,7 +25,7 @@ from mmpd_core.engine import default_device
 from mmpd_core.stage1 import load_stage1
 from mmpd_core.tables import mean_std, write_table
 from mmpd_core.teachers import build_teacher
-from mmpd_core.tracking import log_summary, machine
+from mmpd_core.tracking import context, log_summary
 
 
 @torch.no_grad()
@@ -167,7 +167,7 @@ def run_stage(cfg: ZeroShotStage) -> tuple[dict, pd.DataFrame]:
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps(records, indent=1) + "\n")
     table = zeroshot_table(pd.DataFrame(records), cfg.templates, len(templates), len(classes))
-    caption = f"Table 2 (zero-shot classification), embedded default, measured on {machine()}."
+    caption = f"Table 2 (zero-shot classification). {context()}."
     write_table(table, f"{cfg.out_dir}/table2_zeroshot", caption=caption, floatfmt=".1f")
     first = [r for r in records if r["checkpoint"] == cfg.checkpoints[0]]
     keys = ("top1", "top5", "chance_top1", "chance_top5")  # fractions, as dvclive logs them
