@@ -9,6 +9,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 import yaml
@@ -50,6 +51,25 @@ def run(args, cwd):
         f"{args} failed:\n{result.stdout[-3000:]}\n{result.stderr[-3000:]}"
     )
     return result.stdout
+
+
+def compare_arrays(ours: dict, reference, tol: float) -> tuple[list[str], dict[str, float]]:
+    """Every array of an upstream reference ``.npz`` against our tensors of the same name:
+    integer and boolean arrays exactly, float arrays to ``tol``. Returns the problems and the
+    max abs error of each float array."""
+    problems, errors = [], {}
+    for name, expected in reference.items():
+        got = ours[name].detach().numpy()
+        if got.shape != expected.shape:
+            problems.append(f"{name}: shape {got.shape} != {expected.shape}")
+        elif expected.dtype.kind in "bi":
+            if not np.array_equal(got, expected):
+                problems.append(f"{name}: {np.sum(got != expected)} entries differ")
+        else:
+            errors[name] = float(np.abs(got - expected).max())
+            if errors[name] > tol:
+                problems.append(f"{name}: max abs error {errors[name]:.2e}")
+    return problems, errors
 
 
 def copy_repo(dest: Path, **params) -> Path:

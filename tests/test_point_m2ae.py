@@ -11,7 +11,7 @@ from dataclasses import fields, replace
 import numpy as np
 import pytest
 import torch
-from conftest import SHARED, unit_sphere_cloud
+from conftest import SHARED, compare_arrays, unit_sphere_cloud
 
 from mmpd_core.layers import Attention
 from mmpd_core.models import create_model, load_encoder, save_encoder
@@ -97,18 +97,7 @@ def port_outputs(reference) -> dict[str, torch.Tensor]:
 def test_every_reference_array_matches_upstream(reference):
     ours = port_outputs(reference)
     assert set(ours) == set(reference), set(reference) ^ set(ours)
-    problems, errors = [], {}
-    for name, expected in reference.items():
-        got = ours[name].numpy()
-        if got.shape != expected.shape:
-            problems.append(f"{name}: shape {got.shape} != {expected.shape}")
-        elif expected.dtype.kind in "bi":
-            if not np.array_equal(got, expected):
-                problems.append(f"{name}: {np.sum(got != expected)} entries differ")
-        else:
-            errors[name] = float(np.abs(got - expected).max())
-            if errors[name] > 1e-5:
-                problems.append(f"{name}: max abs error {errors[name]:.2e}")
+    problems, errors = compare_arrays(ours, reference, tol=1e-5)
     assert not problems, problems
     assert max(errors.values()) < 1e-5
     assert ours["pretrain_loss"].item() == pytest.approx(1.2795419, abs=1e-5)

@@ -11,7 +11,7 @@ import sys
 import numpy as np
 import pytest
 import torch
-from conftest import SHARED, unit_sphere_cloud
+from conftest import SHARED, compare_arrays, unit_sphere_cloud
 
 from mmpd_core.models import create_model
 from mmpd_core.models import selective_scan as scan_module
@@ -75,18 +75,7 @@ def port_outputs(reference) -> dict[str, torch.Tensor]:
 def test_every_reference_array_matches_upstream(reference):
     ours = port_outputs(reference)
     assert set(ours) == set(reference), set(reference) ^ set(ours)
-    problems, errors = [], {}
-    for name, expected in reference.items():
-        got = ours[name].detach().numpy()
-        if got.shape != expected.shape:
-            problems.append(f"{name}: shape {got.shape} != {expected.shape}")
-        elif expected.dtype.kind in "bi":
-            if not np.array_equal(got, expected):
-                problems.append(f"{name}: {np.sum(got != expected)} entries differ")
-        else:
-            errors[name] = float(np.abs(got - expected).max())
-            if errors[name] > 1e-4:
-                problems.append(f"{name}: max abs error {errors[name]:.2e}")
+    problems, _ = compare_arrays(ours, reference, tol=1e-4)
     assert not problems, problems
 
 

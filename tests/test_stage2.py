@@ -6,6 +6,7 @@ import dataclasses
 import pytest
 import torch
 import torch.nn.functional as F
+from test_point_m2ae import TINY as M2AE_TINY
 
 from mmpd_core import config
 from mmpd_core.checkpoint import save_checkpoint
@@ -21,18 +22,10 @@ from mmpd_core.stage2 import Stage2Step, build_model, build_student
 from mmpd_core.teachers.cache import TargetSource
 
 SMALL = PointMAEConfig(trans_dim=32, depth=2, num_heads=2, num_groups=16, group_size=16)
-M2AE_SMALL = dict(  # three scales over 512 points, a few thousand parameters per scale
-    num_groups=(64, 32, 16),
-    group_sizes=(8, 4, 4),
-    encoder_dims=(12, 24, 48),
-    encoder_depths=(1, 1, 1),
-    num_heads=2,
-    tokenizer_hidden=16,
-)
 MAMBA_SMALL = dict(trans_dim=32, depth=2, num_groups=16, tokenizer_hidden=16)
 BACKBONES = {
     "point_mae": lambda: PointMAE(SMALL),
-    "point_m2ae": lambda: point_m2ae(**M2AE_SMALL),
+    "point_m2ae": lambda: point_m2ae(**M2AE_TINY),
     "point_mamba": lambda: point_mamba_small(**MAMBA_SMALL),
 }
 

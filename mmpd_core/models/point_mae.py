@@ -59,7 +59,41 @@ def classification_head(in_dim: int, hidden: int, num_classes: int, dropout: flo
     )
 
 
-class PointMAE(Backbone):
+class PatchBackbone(Backbone):
+    """Point-MAE's single level of patches, its masking and its head, shared by the backbones
+    built on them (Point-MAE, PointMamba). The config holds ``num_groups``, ``group_size``,
+    ``skip_origin``, ``head_hidden`` and ``head_dropout``."""
+
+    def make_head(self, num_classes: int) -> nn.Module:
+        cfg = self.config
+        return classification_head(self.global_dim, cfg.head_hidden, num_classes, cfg.head_dropout)
+
+    def group(self, points: torch.Tensor) -> Patches:
+        """FPS centres (index 0 first, origin skipped as upstream) and kNN patches."""
+        cfg = self.config
+        neighborhood, centers = group(
+            points, cfg.num_groups, cfg.group_size, skip_origin=cfg.skip_origin
+        )
+        return Patches(neighborhood, centers)
+
+    def random_masking(
+        self, patches: Patches, ratio: float, generator: torch.Generator | None = None
+    ) -> Masking:
+        """Upstream 'rand' masking: exactly int(ratio * G) groups of every sample."""
+        batch, groups = patches.centers.shape[:2]
+        device = patches.centers.device
+        return random_masking(batch, groups, ratio, generator=generator, device=device)
+
+    @staticmethod
+    def visible_patches(patches: Patches, masking: Masking) -> tuple[torch.Tensor, torch.Tensor]:
+        """The visible patches (B, V, K, 3) and their centres (B, V, 3), in keep_idx order."""
+        batch, groups, k, _ = patches.neighborhood.shape
+        flat = patches.neighborhood.reshape(batch, groups, k * 3)  # (B, G, 3K)
+        visible = gather_tokens(flat, masking.keep_idx).reshape(batch, -1, k, 3)  # (B, V, K, 3)
+        return visible, gather_tokens(patches.centers, masking.keep_idx)  # (B, V, 3)
+
+
+class PointMAE(PatchBackbone):
     """Patch tokenizer + centre positional MLP + cls token + pre-norm blocks + final norm."""
 
     arch = "point_mae"
@@ -86,27 +120,7 @@ class PointMAE(Backbone):
     def blocks(self) -> nn.ModuleList:
         return self.transformer.blocks
 
-    def make_head(self, num_classes: int) -> nn.Module:
-        cfg = self.config
-        return classification_head(self.global_dim, cfg.head_hidden, num_classes, cfg.head_dropout)
-
     # ---------------------------------------------------------------- the contract
-
-    def group(self, points: torch.Tensor) -> Patches:
-        """FPS centres (index 0 first, origin skipped as upstream) and kNN patches."""
-        cfg = self.config
-        neighborhood, centers = group(
-            points, cfg.num_groups, cfg.group_size, skip_origin=cfg.skip_origin
-        )
-        return Patches(neighborhood, centers)
-
-    def random_masking(
-        self, patches: Patches, ratio: float, generator: torch.Generator | None = None
-    ) -> Masking:
-        """Upstream 'rand' masking: exactly int(ratio * G) groups of every sample."""
-        batch, groups = patches.centers.shape[:2]
-        device = patches.centers.device
-        return random_masking(batch, groups, ratio, generator=generator, device=device)
 
     def forward_encoder(
         self, tokens: torch.Tensor, centers: torch.Tensor, *, with_cls: bool = True, layers=()
@@ -128,10 +142,7 @@ class PointMAE(Backbone):
 
     def forward_visible(self, patches: Patches, masking: Masking) -> Encoding:
         """The cls token and the visible patches only, tokenized alone."""
-        batch, groups, k, _ = patches.neighborhood.shape
-        flat = patches.neighborhood.reshape(batch, groups, k * 3)  # (B, G, 3K)
-        visible = gather_tokens(flat, masking.keep_idx).reshape(batch, -1, k, 3)  # (B, V, K, 3)
-        centers = gather_tokens(patches.centers, masking.keep_idx)  # (B, V, 3)
+        visible, centers = self.visible_patches(patches, masking)  # (B, V, K, 3), (B, V, 3)
         out = self.forward_encoder(self.tokenizer(visible), centers)  # (B, 1+V, D)
         return {"tokens": out[:, 1:], "cls": out[:, 0]}
 

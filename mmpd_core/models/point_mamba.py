@@ -45,13 +45,12 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from mmpd_core.geometry import group
 from mmpd_core.layers import DropPath, PatchTokenizer, init_weights, position_mlp
-from mmpd_core.models.contract import Backbone, Encoding, Patches
-from mmpd_core.models.point_mae import classification_head
+from mmpd_core.models.contract import Encoding, Patches
+from mmpd_core.models.point_mae import PatchBackbone
 from mmpd_core.models.selective_scan import selective_scan
 from mmpd_core.models.serialization import serialization_orders
-from mmpd_core.shuffle import Masking, gather_tokens, random_masking
+from mmpd_core.shuffle import Masking, gather_tokens
 
 MIXER_INITS = ("upstream", "mamba")
 
@@ -163,7 +162,7 @@ class OrderIndicator(nn.Module):
         return x * self.gamma + self.beta
 
 
-class PointMamba(Backbone):
+class PointMamba(PatchBackbone):
     """Patch tokens, two curve orders with order indicators, Mamba blocks, final norm."""
 
     arch = "point_mamba"
@@ -197,34 +196,11 @@ class PointMamba(Backbone):
             nn.init.normal_(indicator.gamma, mean=1.0, std=0.02)
             nn.init.normal_(indicator.beta, std=0.02)
 
-    def make_head(self, num_classes: int) -> nn.Module:
-        cfg = self.config
-        return classification_head(self.global_dim, cfg.head_hidden, num_classes, cfg.head_dropout)
-
     # ---------------------------------------------------------------- the contract
-
-    def group(self, points: torch.Tensor) -> Patches:
-        """FPS centres (index 0 first, origin skipped as upstream) and kNN patches."""
-        cfg = self.config
-        neighborhood, centers = group(
-            points, cfg.num_groups, cfg.group_size, skip_origin=cfg.skip_origin
-        )
-        return Patches(neighborhood, centers)
-
-    def random_masking(
-        self, patches: Patches, ratio: float, generator: torch.Generator | None = None
-    ) -> Masking:
-        """Upstream 'rand' masking: exactly int(ratio * G) groups of every sample."""
-        batch, groups = patches.centers.shape[:2]
-        device = patches.centers.device
-        return random_masking(batch, groups, ratio, generator=generator, device=device)
 
     def forward_visible(self, patches: Patches, masking: Masking) -> Encoding:
         """The visible patches only, serialised among themselves; no cls token."""
-        batch, groups, k, _ = patches.neighborhood.shape
-        flat = patches.neighborhood.reshape(batch, groups, k * 3)  # (B, G, 3K)
-        visible = gather_tokens(flat, masking.keep_idx).reshape(batch, -1, k, 3)  # (B, V, K, 3)
-        centers = gather_tokens(patches.centers, masking.keep_idx)  # (B, V, 3)
+        visible, centers = self.visible_patches(patches, masking)  # (B, V, K, 3), (B, V, 3)
         tokens, _ = self.forward_encoder(self.tokenizer(visible), centers)  # (B, V, D)
         return {"tokens": tokens, "cls": None}
 
