@@ -75,6 +75,12 @@ def save_checkpoint(
     path = Path(path)
     state = unwrap(tensors).state_dict() if isinstance(tensors, nn.Module) else tensors
     state = {k: v.detach().cpu().contiguous() for k, v in state.items()}
+    seen = set()  # safetensors refuses shared storage: a module under two names (tied) is copied
+    for key, value in state.items():
+        storage = value.untyped_storage().data_ptr()
+        if value.numel() and storage in seen:
+            state[key] = value.clone()
+        seen.add(storage)
     metadata = {
         "format": "mmpd/1",
         "config": json.dumps(config, sort_keys=True),

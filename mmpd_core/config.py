@@ -176,6 +176,7 @@ class Stage2Stage(Schedule):
     decoder_heads: int
     global_decoder: Literal["transformer", "mlp"]
     global_decoder_depth: int
+    distill_scale: int | None  # hierarchical encoders: the level distilled (None: the model's own)
     num_points: int
     accumulation: int
     num_workers: int
@@ -237,10 +238,16 @@ class ClassificationStage:
     out_dir: str  # full fine-tuning runs (checkpoints while they run, dvclive)
     results_dir: str  # one JSON per (dataset, checkpoint, protocol)
     table: str  # <table>.csv / .json: one row per run; "": none
+    reuse: str  # another grid's results_dir: its cells that ran exactly this are copied; "": none
+    # checkpoint -> {protocols: [...], datasets: [...]}: that encoder runs only those cells
+    only: dict[str, dict[str, tuple[str, ...]]]
 
     def __post_init__(self):
         if not self.seeds:
             raise ValueError("seeds must name at least one seed")
+        for checkpoint, part in self.only.items():  # a checkpoint the grid lacks is ignored
+            if set(part) - {"protocols", "datasets"}:
+                raise ValueError(f"only[{checkpoint!r}] names protocols / datasets, got {part}")
 
 
 @dataclass(frozen=True)
@@ -512,6 +519,8 @@ def _derive_finetune(section: dict, transfer: dict) -> dict:
         "checkpoints": [section.pop("checkpoint")],
         "protocols": [section.pop("protocol")],
         "table": "",
+        "reuse": "",
+        "only": {},
     }
     return {**section, **cell, **transfer}
 

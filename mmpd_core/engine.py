@@ -239,6 +239,34 @@ def autocast_context(device: torch.device | str, dtype: torch.dtype | None):
     return torch.autocast(device_type=torch.device(device).type, dtype=dtype)
 
 
+@torch.no_grad()
+def recalibrate_batchnorm(encoder: nn.Module, dataset, *, batch_size: int = 32, amp: str = "none"):
+    """Recompute a pretrained encoder's BatchNorm running statistics over ``dataset``'s clouds
+    with its final weights: a cumulative average over the whole set, every other module in
+    eval mode (no drop path), under ``amp`` as in training. Why: the running variance starts
+    at 1 and momentum 0.1 forgets it by 0.9 per step, while a point tokenizer's first
+    BatchNorm sees variances near 1e-5; a short schedule (the embedded Stage-1: 84 steps,
+    0.9^84 = 1.4e-4) ends with statistics that still hold the initial value, and eval-mode
+    features collapse (held-out retrieval and zero-shot at chance). Run it on every rank with
+    the same data: under DDP the layers are synchronised and reduce in lockstep."""
+    norms = [m for m in encoder.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)]
+    if not norms:
+        return
+    device = next(encoder.parameters()).device
+    training, momenta = encoder.training, [m.momentum for m in norms]
+    encoder.eval()
+    for norm in norms:
+        norm.reset_running_stats()
+        norm.momentum = None  # cumulative average
+        norm.train()
+    with autocast_context(device, AMP_DTYPES[amp]):
+        for batch in DataLoader(dataset, batch_size=batch_size):
+            encoder.forward_features(batch["points"].to(device))
+    for norm, momentum in zip(norms, momenta, strict=True):
+        norm.momentum = momentum
+    encoder.train(training)
+
+
 def to_device(batch, device: torch.device):
     """Move every tensor of a (nested) dict / list / tuple batch; other values pass through."""
     if isinstance(batch, torch.Tensor):
@@ -378,6 +406,7 @@ def train(
     resume: bool = False,
     param_groups: list[dict] | None = None,
     checkpoint_config: dict | None = None,
+    finalize=None,
 ) -> TrainResult:
     """Train ``model`` (in place, moved to the device) for ``cfg.epochs`` epochs of ``step_fn``.
 
@@ -392,7 +421,8 @@ def train(
     ``resume=True`` continues from ``latest_checkpoint(cfg.out_dir)`` (a fresh start when
     there is none); ``resume=False`` deletes earlier ``epoch-*`` checkpoints there. Under DDP
     the BatchNorm layers of ``model`` are replaced by synchronised ones (same state dict); the
-    caller destroys the process group when done.
+    caller destroys the process group when done. ``finalize(module)`` runs on every rank after
+    the last epoch's steps, before its evaluation and checkpoint (``recalibrate_batchnorm``).
     """
     start = time.perf_counter()
     run = _prepare(model, dataset, cfg, collate_fn, param_groups, resume)
@@ -411,6 +441,8 @@ def train(
                 dataset.set_epoch(epoch)
             tick = time.perf_counter()
             record = _run_epoch(run, step_fn, cfg, epoch)
+            if finalize is not None and epoch == cfg.epochs - 1:
+                finalize(run.module)
             seconds = time.perf_counter() - tick
             record["time/epoch_s"] = seconds
             record["time/samples_per_s"] = run.steps * cfg.accumulation * cfg.batch_size / seconds

@@ -38,8 +38,24 @@ class Mlp(nn.Module):
         return self.fc2(self.act(self.fc1(x)))
 
 
+# On CPU, up to this many tokens the plain softmax(q k^T / sqrt(d) + bias) v is faster than
+# SDPA's fused CPU kernel, forward + backward, in bf16 and float32: 0.2-0.7x its time at the
+# embedded sizes and at Point-MAE's 64-128 tokens, while the fused kernel wins from 256 tokens
+# (Point-M2AE's finer scales at paper size). ``benchmarks/bench_attention_cpu.py`` prints both.
+CPU_MATH_MAX_TOKENS = 128
+
+
+def math_attention(q, k, v, attn_mask: torch.Tensor | None = None) -> torch.Tensor:
+    """softmax(q k^T / sqrt(d) + attn_mask) v on (B, H, T, d): SDPA's reference math."""
+    logits = (q * q.shape[-1] ** -0.5) @ k.transpose(-2, -1)  # (B, H, T, T)
+    if attn_mask is not None:
+        logits = logits + attn_mask
+    return logits.softmax(dim=-1) @ v  # (B, H, T, d)
+
+
 class Attention(nn.Module):
-    """Multi-head self-attention through ``scaled_dot_product_attention``; qkv has no bias."""
+    """Multi-head self-attention; qkv has no bias. ``scaled_dot_product_attention`` except on
+    CPU for short sequences (``CPU_MATH_MAX_TOKENS``), where ``math_attention`` is faster."""
 
     def __init__(self, dim: int, num_heads: int):
         super().__init__()
@@ -57,7 +73,10 @@ class Attention(nn.Module):
         q, k, v = qkv.permute(2, 0, 3, 1, 4).unbind(0)  # each (B, H, T, D/H)
         if attn_mask is not None:
             attn_mask = attn_mask.to(q.dtype)
-        out = F.scaled_dot_product_attention(q, k, v, attn_mask)  # (B, H, T, D/H)
+        if q.device.type == "cpu" and tokens <= CPU_MATH_MAX_TOKENS:
+            out = math_attention(q, k, v, attn_mask)  # (B, H, T, D/H)
+        else:
+            out = F.scaled_dot_product_attention(q, k, v, attn_mask)  # (B, H, T, D/H)
         return self.proj(out.transpose(1, 2).reshape(batch, tokens, dim))  # (B, T, D)
 
 

@@ -13,10 +13,11 @@ import json
 from pathlib import Path
 
 import pandas as pd
+import torch
 
 from mmpd_core import claims
 from mmpd_core.config import ReportStage, live_dir, read_params, resolve, run_dir
-from mmpd_core.models import create_model
+from mmpd_core.models import MODELS, create_model, point_model
 from mmpd_core.tables import write_table
 from mmpd_core.tracking import context
 
@@ -27,6 +28,10 @@ LABELS = {
     "stage2:point_mae_long": "Point-MAE, both stages' steps (Table 5)",
     "stage1": "Stage-1 only",
     "stage2": "Ours (Stage-1 + Stage-2)",
+    "stage2:point_m2ae": "Point-M2AE baseline",
+    "stage2:m2ae": "Ours (Point-M2AE)",
+    "stage1:m2ae": "Stage-1 only (Point-M2AE)",
+    "stage2:m2ae_point_targets": "Point-M2AE + Stage-2 with point targets",
 }
 DATASET_COLUMNS = {  # (dataset, variant) -> column
     ("modelnet40", ""): "MN40",
@@ -37,12 +42,15 @@ DATASET_COLUMNS = {  # (dataset, variant) -> column
 PAPER_TABLE1 = {  # ModelNet40 few-shot: 5w10s, 5w20s, 10w10s, 10w20s
     "Point-MAE": ("96.3±2.5", "97.8±1.8", "92.6±4.1", "95.0±3.0"),
     "ReCon": ("97.3±1.9", "98.9±1.2", "93.3±3.9", "95.8±3.0"),
+    "Point-M2AE": ("96.8±1.8", "98.3±1.4", "92.3±4.5", "95.0±3.0"),
     "Ours (Point-M2AE)": ("97.6±1.7", "99.0±0.6", "94.1±3.0", "96.2±2.6"),
 }
 PAPER_TABLE3 = {  # protocol -> method -> OBJ_BG, OBJ_ONLY, PB_T50_RS, MN40, MN40 vote
     "full": {
         "Point-MAE": ("90.02", "88.29", "85.18", "93.2", "93.8"),
         "Ours (Point-MAE)": ("95.20", "93.73", "90.10", "94.0", "94.5"),
+        "Point-M2AE": ("91.22", "88.81", "86.43", "93.4", "94.0"),
+        "Ours (Point-M2AE)": ("96.10", "94.25", "91.20", "94.3", "94.6"),
     },
     "linear": {
         "Point-MAE": ("82.77±0.30", "83.23±0.16", "74.13±0.21", "91.22±0.26", "-"),
@@ -62,10 +70,14 @@ TABLE4_ROWS = {
     "stage2:global_only": ("✓", "✗", "✗", "-", "-"),
     "stage1": ("✗", "✗", "✗", "93.7", "95.0"),
 }
-TABLE7_ROWS = {
-    "stage2:point_targets": ("Point clouds", "93.5"),
-    "stage2": ("Features", "94.0"),
+TABLE7_ROWS = {  # run -> (backbone, target, paper MN40): the paper's left and right halves
+    "stage2:point_targets": ("Point-MAE", "Point clouds", "93.5"),
+    "stage2": ("Point-MAE", "Features", "94.0"),
+    "stage2:m2ae_point_targets": ("Point-M2AE", "Point clouds", "93.7"),
+    "stage2:m2ae": ("Point-M2AE", "Features", "94.3"),
 }
+PAPER_PARAMS = {"Point-MAE": "22.1", "Ours (Point-MAE)": "22.1", "Point-M2AE": "15.3",
+                "Ours (Point-M2AE)": "15.3"}  # fmt: skip
 TABLE8_ROWS = {  # paper MN40, ScanObjectNN (PB_T50_RS, as Table 3's "Ours" 90.1 shows)
     "stage2:joint": ("Joint training (single stage)", "92.2", "82.78"),
     "stage1:after_point_mae": ("Stage-2 -> Stage-1 (reversed order)", "93.6", "87.1"),
@@ -128,8 +140,28 @@ def table1(fewshot: dict) -> pd.DataFrame:
     return pd.DataFrame(frame).fillna("-")
 
 
+def paper_params(arch: str) -> str:
+    """Parameters (millions) of ``arch`` at paper size, counted as the paper's #P column
+    counts them: the fine-tune model (40 classes), except for Point-M2AE, whose 15.3 M is the
+    pretraining model, decoder included (its fine-tune model follows in brackets)."""
+    name = next((n for n, e in MODELS.items() if e.arch == arch and e.size == "paper"), None)
+    if name is None:
+        return "-"
+    with torch.device("meta"):
+        model = create_model(name, num_classes=40)
+        pretraining = point_model(create_model(name)) if arch == "point_m2ae" else None
+    count = sum(p.numel() for p in model.parameters()) / 1e6
+    if pretraining is None:
+        return f"{count:.1f}"
+    return f"{sum(p.numel() for p in pretraining.parameters()) / 1e6:.1f} ({count:.1f})"
+
+
 def table3(grid: pd.DataFrame) -> pd.DataFrame:
+    """Every encoder of the grid per protocol, then the paper's rows; ``#P``: the row's
+    architecture at paper size (``paper_params``), not the size this run trained."""
     columns = ["OBJ_BG", "OBJ_ONLY", "PB_T50_RS", "MN40", "MN40 vote"]
+    archs = dict(zip(grid["checkpoint"], grid["arch"], strict=True)) if "arch" in grid else {}
+    params = {arch: paper_params(arch) for arch in set(archs.values())}
     rows = []
     for protocol in ("full", "mlp3", "linear"):
         acc = accuracies(grid, protocol)
@@ -139,6 +171,7 @@ def table3(grid: pd.DataFrame) -> pd.DataFrame:
                 "protocol": protocol,
                 "method": LABELS.get(checkpoint, checkpoint),
                 "source": "this run",
+                "#P (M)": params.get(archs.get(checkpoint), "-"),
             }
             row.update({c: acc.get((checkpoint, c), "-") for c in columns[:4]})
             row["MN40 vote"] = vote.get((checkpoint, "MN40"), "-")
@@ -149,6 +182,7 @@ def table3(grid: pd.DataFrame) -> pd.DataFrame:
                     "protocol": protocol,
                     "method": method,
                     "source": "paper",
+                    "#P (M)": PAPER_PARAMS.get(method, "-"),
                     **dict(zip(columns, values, strict=True)),
                 }
             )
@@ -179,12 +213,13 @@ def table7(ablations: pd.DataFrame, protocol: str) -> pd.DataFrame:
     return pd.DataFrame(
         [
             {
+                "backbone": backbone,
                 "target": target,
                 "MN40": acc.get((ckpt, "MN40"), "-"),
-                "paper MN40 (Point-MAE)": paper,
+                "paper MN40": paper,
                 "run": shown(ckpt),
             }
-            for ckpt, (target, paper) in TABLE7_ROWS.items()
+            for ckpt, (backbone, target, paper) in TABLE7_ROWS.items()
         ]
     )
 
@@ -357,6 +392,12 @@ def build_all(
             write_table(frame, out_dir / stem, caption=caption, footer=claims.VERDICT_RULE)
             continue
         note = f" This run: {protocol} protocol." if stem in _ABLATION_TABLES else ""
+        if stem == "table3_classification":
+            note += (
+                " #P: the row's architecture at paper size, counted as the paper counts it "
+                "(Point-MAE: the fine-tune model; Point-M2AE: the pretraining model, decoder "
+                "included, its fine-tune model in brackets); this run trains the small variants."
+            )
         caption = (
             f"**{paper}: {what}.** {context}.{note} Accuracy in %: mean ± std over seeds "
             "(few-shot: over folds); 'n=1' marks a single seed, which has no spread."

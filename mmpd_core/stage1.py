@@ -176,6 +176,9 @@ def train(cfg: Stage1Stage, *, resume: bool = False) -> engine.TrainResult:
         eval_fn=lambda module, epoch: retrieval_accuracy(module, test_loader, targets),
         resume=resume,
         checkpoint_config=ckpt_config,
+        finalize=lambda module: engine.recalibrate_batchnorm(
+            module.encoder, train_set, batch_size=cfg.batch_size, amp=cfg.amp
+        ),
     )
     if is_main_process():
         out_dir = resolve(cfg.out_dir)

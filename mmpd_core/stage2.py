@@ -15,9 +15,22 @@ statistics carry masked points. Then
 - Eq. (6): the sum.
 
 One model runs every pretraining ablation: shuffle or a term off (Table 4), point targets
-(Point-MAE's Chamfer-L2 on masked patches, Table 7), random student init (Table 8), the
-Point-MAE baseline (no teacher) and joint single-stage training (Table 8: Stage-1 alignment on
-the same encoder, whose own full-cloud features, detached, are the distillation targets).
+(Table 7), random student init (Table 8), the masked-point baselines (no teacher) and joint
+single-stage training (Table 8: Stage-1 alignment on the same encoder, whose own full-cloud
+features, detached, are the distillation targets).
+
+Point targets are the architecture's own reconstruction objective (``models.point_model``):
+Point-M2AE's upsampling decoder over its mask push-down, Chamfer-L2 at scale 1 (the
+Point-M2AE baseline); elsewhere Point-MAE's, Chamfer-L2 of the masked patches from the local
+decoder. With an architecture's own model the global term reads the coarsest visible tokens of
+that encoder pass (no second pass).
+
+Hierarchical encoders (Point-M2AE) distil one level, ``distill_scale``. Default: the coarsest
+(64 x 384 at paper size), whose tokens carry the whole hierarchy and whose pooled output is the
+global feature every downstream task reads, so Stage-2 trains every scale. Distilling a finer
+level (1: 256 x 192, where upstream's decoder ends) runs the student up to that level only: the
+local and the global term both read its tokens, and the coarser scales keep their Stage-1
+weights. The token shuffle permutes the distilled level's tokens.
 """
 
 from __future__ import annotations
@@ -49,6 +62,7 @@ from mmpd_core.models import (
     create_model,
     encoder_config,
     load_encoder,
+    point_model,
     save_encoder,
 )
 from mmpd_core.shuffle import Masking, gather_tokens, random_permutation
@@ -87,7 +101,9 @@ class LocalDecoder(nn.Module):
 class GlobalDecoder(nn.Module):
     """Eq. (5) decoder: the student's outputs [cls, visible] (no shuffle, no positions) through
     a transformer or a token-wise MLP, pooled like the teacher's global feature (the
-    backbone's ``pool``), then a linear head to the teacher's global feature (B, out)."""
+    backbone's ``pool``), then a linear head to the teacher's global feature (B, out). The
+    pooled width is ``out`` unless the tokens are a finer level than the teacher's global
+    feature pools (a hierarchical encoder distilling ``distill_scale``)."""
 
     def __init__(self, dim: int, out_dim: int, kind: str, depth: int, num_heads: int, pool):
         super().__init__()
@@ -95,7 +111,8 @@ class GlobalDecoder(nn.Module):
             self.body = TransformerStack(dim, depth, num_heads)
         else:  # a token-wise MLP
             self.body = nn.Sequential(nn.LayerNorm(dim), Mlp(dim, 4 * dim))
-        self.head = nn.Linear(out_dim, out_dim)
+        pooled = pool(torch.zeros(1, 2, dim), torch.zeros(1, dim)).shape[-1]
+        self.head = nn.Linear(pooled, out_dim)
         self.pool = pool
         self.apply(init_weights)
 
@@ -128,8 +145,10 @@ class Stage2Model(nn.Module):
         self.encoder = encoder
         self.local_target = local_target
         dim, width = encoder.dim, encoder.global_dim
-        self.local = None
-        if local_target != "none":
+        self.local = self.native = None
+        if local_target == "points":  # the architecture's own objective, if it has one
+            self.native = point_model(encoder)  # shares the encoder's modules
+        if local_target != "none" and self.native is None:
             out_dim = dim if local_target == "features" else 3 * encoder.patch_points
             self.local = LocalDecoder(dim, out_dim, decoder_depth, decoder_heads)
         self.global_decoder = None
@@ -143,11 +162,17 @@ class Stage2Model(nn.Module):
             self.logit_scales = nn.ModuleDict({n: LogitScale() for n in teacher_dims})
 
     def forward(self, patches: Patches, masking: Masking, perm: torch.Tensor) -> dict:
-        """Predictions: ``local`` (B, G, out) with its ``slots``, ``global`` (B, global_dim),
-        and for joint training ``full`` (the encoder on the whole cloud) and ``embeddings``.
-        The student sees the visible patches only (``forward_visible``)."""
-        encoded = self.encoder.forward_visible(patches, masking)
+        """Predictions: ``local`` (B, G, out) with its ``slots`` or the architecture's own
+        ``point_loss``, ``global`` (B, global_dim), and for joint training ``full`` (the
+        encoder on the whole cloud) and ``embeddings``. The student sees the visible patches
+        only (``forward_visible``, or the point model's own masked encoder pass)."""
         out = {}
+        if self.native is not None:
+            reconstruction = self.native.forward_levels(patches.levels, masking.mask)
+            out["point_loss"] = reconstruction["loss"]
+            encoded = {"tokens": reconstruction["encoded"][-1]["tokens"], "cls": None}
+        else:
+            encoded = self.encoder.forward_visible(patches, masking)
         if self.local is not None:
             out["slots"] = self.local.decoder_input(encoded["tokens"], masking, perm)
             out["local"] = self.local(out["slots"], patches.centers)
@@ -225,6 +250,8 @@ class Stage2Step:
             metrics.update(
                 token_cosines(out["slots"].detach(), targets["tokens"], masking.mask, "copy_cos")
             )
+        elif "point_loss" in out:
+            terms["local"] = out["point_loss"]
         elif module.local_target == "points":
             terms["local"] = masked_point_loss(out["local"], patches.neighborhood, masking.mask_idx)
         if "global" in out:
@@ -238,13 +265,18 @@ class Stage2Step:
         return stage2_loss(terms), metrics
 
 
+def level_overrides(cfg: Stage2Stage) -> dict:
+    """Config fields Stage-2 sets on its encoders: ``distill_scale`` unless left to the model."""
+    return {} if cfg.distill_scale is None else {"distill_scale": cfg.distill_scale}
+
+
 def build_student(cfg: Stage2Stage, teacher: Backbone | None) -> Backbone:
     """A copy of the teacher (``init: teacher``) or a fresh encoder of the same shape."""
     if teacher is not None and cfg.init == "teacher":
         return copy.deepcopy(teacher).train().requires_grad_(True)
     if teacher is not None:
         return type(teacher)(teacher.config)
-    return create_model(cfg.model)
+    return create_model(cfg.model, **level_overrides(cfg))
 
 
 def build_model(cfg: Stage2Stage, student: Backbone, teacher_dims=None) -> Stage2Model:
@@ -286,7 +318,9 @@ def train(cfg: Stage2Stage, *, resume: bool = False) -> engine.TrainResult:
     train_set = ShapeNet55Dataset(root, "train", cfg.num_points, seed=cfg.seed)
     test_set = ShapeNet55Dataset(root, "test", cfg.num_points, seed=cfg.seed)
     torch.manual_seed(cfg.seed)
-    teacher = load_encoder(resolve_run(cfg.teacher)) if cfg.teacher else None
+    teacher = None
+    if cfg.teacher:
+        teacher = load_encoder(resolve_run(cfg.teacher), **level_overrides(cfg))
     align, teacher_dims = None, None
     if cfg.joint:
         targets = TargetSource.from_cache(TeacherCache(resolve(cfg.cache_dir), cfg.teachers))
@@ -308,6 +342,9 @@ def train(cfg: Stage2Stage, *, resume: bool = False) -> engine.TrainResult:
             "model": encoder_config(model.encoder),
             "stage2": dataclasses.asdict(cfg),
         },
+        finalize=lambda module: engine.recalibrate_batchnorm(
+            module.encoder, train_set, batch_size=cfg.batch_size, amp=cfg.amp
+        ),  # the student saw visible patches only: its statistics become the whole cloud's
     )
     if is_main_process():
         save_encoder(

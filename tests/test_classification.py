@@ -152,9 +152,16 @@ def test_summary_is_mean_and_sample_std_over_seeds_in_percent():
 
 
 def test_grid_covers_every_cell_and_names_runs():
-    grid = config.load("classification", smoke=False)
+    grid = dataclasses.replace(config.load("classification", smoke=False), only={})
     cells = classification.cells(grid)
     assert len(cells) == len(grid.checkpoints) * len(grid.datasets) * len(grid.protocols)
+    only = {"stage1": {"protocols": ("linear",)}, "scratch": {"datasets": ("modelnet40",)}}
+    some = classification.cells(dataclasses.replace(grid, only=only))
+    assert {c.protocol for c in some if c.checkpoint == "stage1"} == {"linear"}
+    assert {c.dataset for c in some if c.checkpoint == "scratch"} == {"modelnet40"}
+    assert len(some) == len(cells) - 2 * len(grid.datasets) - 3 * len(grid.protocols)
+    with pytest.raises(ValueError, match="only"):
+        dataclasses.replace(grid, only={"stage1": {"seeds": (0,)}})
     scan = [c for c in cells if c.dataset == "scanobjectnn/pb_t50_rs"]
     assert scan and scan[0].tag.startswith("scanobjectnn-pb_t50_rs__") and "/" not in scan[0].tag
     assert classification.Cell("stage2:joint", "modelnet40", "full").tag == (
@@ -164,6 +171,32 @@ def test_grid_covers_every_cell_and_names_runs():
     assert features.checkpoint_name("runs/stage1/encoder.safetensors") == "stage1"
     one = config.load("finetune", smoke=False, dataset="scanobjectnn", subset="obj_only")
     assert one.datasets == ("scanobjectnn/obj_only",) and len(classification.cells(one)) == 1
+
+
+def test_a_cell_another_grid_ran_exactly_is_copied_not_rerun(tmp_path, monkeypatch):
+    """The ablation grid reuses the classification grid's cell when checkpoint, protocol,
+    seeds, pretraining runs and recipe all match; any difference reruns it."""
+    calls = []
+
+    def fake_seed(cfg, cell, seed, cache, run=""):
+        calls.append((cell.tag, seed))
+        return {"seed": seed, "run": run, "arch": "point_mae", "acc": 50.0 + seed,
+                "acc_vote": float("nan"), "train_acc": 60.0}  # fmt: skip
+
+    monkeypatch.setattr(classification, "run_seed", fake_seed)
+    grid = config.load("ablations", smoke=False)
+    first = dataclasses.replace(grid, results_dir=str(tmp_path / "a"), reuse="", seeds=(0, 1))
+    cell = classification.Cell("scratch", "modelnet40", "linear")
+    ran = classification.run_cell(first, cell, {})
+    assert len(calls) == 2 and "reused_from" not in ran
+    second = dataclasses.replace(first, results_dir=str(tmp_path / "b"), reuse=str(tmp_path / "a"))
+    copied = classification.run_cell(second, cell, {})
+    assert len(calls) == 2 and copied["reused_from"] == f"{tmp_path / 'a'}/{cell.tag}.json"
+    assert copied["acc_mean"] == ran["acc_mean"] == 50.5
+    assert json.loads((tmp_path / "b" / f"{cell.tag}.json").read_text()) == copied
+    for changed in ({"seeds": (0, 2)}, {"recipes": {**grid.recipes, "modelnet40": RECIPE}}):
+        classification.run_cell(dataclasses.replace(second, **changed), cell, {})
+    assert len(calls) == 6  # both differences ran their seeds
 
 
 def test_checkpoints_load_by_kind_and_fail_clearly(tmp_path):

@@ -160,6 +160,58 @@ def test_train_logs_evaluates_and_checkpoints(tmp_path):
     assert not (live / "dvc.yaml").exists()
 
 
+def test_recalibrated_batchnorm_holds_the_final_weights_statistics():
+    """Fresh statistics (variance 1) against a tokenizer whose activations vary ~1e-5: after
+    recalibration over one batch the running statistics are that batch's, so eval-mode
+    features equal batch-statistics features; the other modules stay in eval mode (drop path
+    off) and every momentum and mode comes back."""
+    model, data = float32_setup()  # drop path 0.2: must be off during recalibration
+    model.train()
+    norms = [m for m in model.modules() if isinstance(m, torch.nn.BatchNorm1d)]
+    first = model.tokenizer.first_conv[1]
+    assert first.running_var.mean() == 1.0
+    seen = []
+    hook = first.register_forward_hook(lambda mod, inp, out: seen.append(inp[0].clone()))
+    engine.recalibrate_batchnorm(model, data, batch_size=len(data))
+    hook.remove()
+    assert model.training and all(m.momentum == 0.1 for m in norms) and len(seen) == 1
+    torch.testing.assert_close(first.running_var, seen[0].var(0))  # unbiased, as BN keeps it
+    torch.testing.assert_close(first.running_mean, seen[0].mean(0))
+    assert seen[0].var(0).mean() < 1e-3  # far from the initial 1
+    points = torch.stack([item["points"] for item in data])
+    model.eval()
+    with torch.no_grad():
+        evaluated = model.forward_features(points)["global"]
+        for norm in norms:
+            norm.train()  # batch statistics, everything else still in eval mode
+        batch_stats = model.forward_features(points)["global"]
+    # up to BatchNorm's unbiased running variance (n / (n - 1) on n = B * G tokens)
+    torch.testing.assert_close(evaluated, batch_stats, rtol=1e-2, atol=2e-3)
+    model.tokenizer.first_conv[1].reset_running_stats()  # what a short schedule leaves
+    with torch.no_grad():
+        stale = model.eval().forward_features(points)["global"]
+    assert (stale - batch_stats).abs().max() > 0.1
+
+
+def test_finalize_runs_once_after_the_last_epoch_before_its_eval_and_checkpoint(tmp_path):
+    model, data = float32_setup()
+    order = []
+
+    def finalize(module):
+        order.append("finalize")
+        module.tokenizer.first_conv[1].running_mean.fill_(7.0)
+
+    def eval_fn(module, epoch):
+        order.append(f"eval {epoch}")
+        return {}
+
+    cfg = ddp_worker.config(tmp_path, epochs=2, eval_every=1)
+    result = train(model, jitter_step, data, cfg, eval_fn=eval_fn, finalize=finalize)
+    assert order == ["eval 0", "finalize", "eval 1"]
+    stored = load_checkpoint(result.checkpoint)[0]["tokenizer.first_conv.1.running_mean"]
+    assert torch.all(stored == 7.0)
+
+
 def test_resume_after_a_crash_is_bit_identical(tmp_path):
     cfg_kwargs = dict(epochs=3, accumulation=2, eval_every=1)  # 2 optimizer steps per epoch
 

@@ -9,11 +9,12 @@ import torch.nn.functional as F
 from test_point_m2ae import TINY as M2AE_TINY
 
 from mmpd_core import config
-from mmpd_core.checkpoint import save_checkpoint
+from mmpd_core.checkpoint import load_checkpoint, save_checkpoint
 from mmpd_core.data.shapes import CATEGORIES, sample_shape
 from mmpd_core.losses import masked_point_loss
 from mmpd_core.models import Patches, load_encoder, save_encoder
 from mmpd_core.models.point_m2ae import point_m2ae
+from mmpd_core.models.point_m2ae_pretrain import PointM2AEDecoderConfig, PointM2AEPretrain
 from mmpd_core.models.point_mae import PointMAE, PointMAEConfig
 from mmpd_core.models.point_mamba import point_mamba_small
 from mmpd_core.shuffle import gather_tokens, random_masking
@@ -272,3 +273,54 @@ def test_stage1_alignment_learns_a_fixed_batch_on_each_backbone(backbone):
     step = Stage1Step(fake_targets({"txt": 12, "img": 8}))
     losses, _ = fit_fixed_batch(Stage1Model(BACKBONES[backbone](), step.targets.dims), step)
     assert losses[-1] < 0.9 * losses[0], losses
+
+
+# ---------------------------------------------------------------- hierarchical encoders
+
+
+def test_point_m2ae_point_targets_are_its_own_pretraining_objective(tmp_path):
+    """Point targets on Point-M2AE run upstream's pretraining model (upsampling decoder, mask
+    push-down, Chamfer at scale 1) on the step's coarsest mask: the Stage-2 loss equals that
+    model's loss computed on its own, and the coarsest pretraining norm is the encoder's."""
+    torch.manual_seed(0)
+    model, step, _ = make("point_m2ae", backbone="point_m2ae")
+    assert isinstance(model.native, PointM2AEPretrain) and model.local is None
+    assert model.native.encoder_norms[-1] is model.encoder.norm
+    model.eval()  # drop path and BatchNorm statistics out of the comparison
+    batch = batch_of()
+    loss, metrics = step(model, batch, torch.Generator().manual_seed(5))
+    patches = model.encoder.group(batch["points"])
+    masking, _ = step.draw(model.encoder, patches, torch.Generator().manual_seed(5))
+    decoder = PointM2AEDecoderConfig.for_encoder(model.encoder)
+    assert decoder.decoder_dims == (48, 24) and decoder.decoder_depths == (1, 1)
+    alone = PointM2AEPretrain(point_m2ae(**M2AE_TINY), decoder).eval()
+    alone.load_state_dict(model.native.state_dict())
+    expected = alone(batch["points"], masked_top=masking.mask)["loss"]
+    torch.testing.assert_close(loss, expected)
+    assert metrics["loss_local"] == pytest.approx(expected.item())
+    # the tied norm is stored under both names and loads back strictly
+    save_checkpoint(tmp_path / "tied.safetensors", model, config={})
+    again, _, _ = make("point_m2ae", backbone="point_m2ae")
+    again.load_state_dict(load_checkpoint(tmp_path / "tied.safetensors")[0], strict=True)
+    assert again.native.encoder_norms[-1] is again.encoder.norm
+
+
+def test_distill_scale_picks_the_level_and_coarser_scales_keep_their_weights():
+    """distill_scale 1: teacher tokens and student slots are scale 1's (16 x 24 here), the
+    global term reads them too, and the coarsest scale gets no gradient from Stage-2."""
+    torch.manual_seed(0)
+    teacher = point_m2ae(**M2AE_TINY, distill_scale=1)
+    model, step, _ = make("", teacher=teacher, backbone="point_m2ae", distill_scale=1)
+    batch = batch_of()
+    patches = model.encoder.group(batch["points"])
+    assert patches.centers.shape == (4, 16, 3)
+    assert step.teacher_targets(patches)["tokens"].shape == (4, 16, 24)
+    loss, _ = step(model, batch, torch.Generator().manual_seed(5))
+    loss.backward()
+    grads = {n: p.grad for n, p in model.encoder.named_parameters()}
+    assert all(g is None for n, g in grads.items() if n.startswith(("stages.2.", "norm.")))
+    assert all(g is not None for n, g in grads.items() if n.startswith(("stages.0.", "stages.1.")))
+    losses, _ = fit_fixed_batch(model, step)
+    assert losses[-1] < 0.9 * losses[0], losses
+    with pytest.raises(ValueError, match="distill_scale 1 must be the coarsest"):
+        make("point_targets", teacher=teacher, backbone="point_m2ae", distill_scale=1)

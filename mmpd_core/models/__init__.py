@@ -20,8 +20,10 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
+from torch import nn
+
 from mmpd_core.checkpoint import load_checkpoint, read_metadata, save_checkpoint
-from mmpd_core.models import point_m2ae, point_mae, point_mamba
+from mmpd_core.models import point_m2ae, point_m2ae_pretrain, point_mae, point_mamba
 from mmpd_core.models.contract import Backbone, Encoding, Patches
 
 __all__ = [
@@ -36,6 +38,7 @@ __all__ = [
     "create_model",
     "encoder_config",
     "load_encoder",
+    "point_model",
     "save_encoder",
 ]
 
@@ -65,6 +68,30 @@ ARCHITECTURES: dict[str, type[Backbone]] = {
     "point_m2ae": point_m2ae.PointM2AE,
     "point_mamba": point_mamba.PointMamba,
 }
+
+
+def _point_m2ae_model(encoder: point_m2ae.PointM2AE) -> nn.Module:
+    if encoder.distill != encoder.config.num_scales - 1:
+        raise ValueError(
+            "Point-M2AE's point reconstruction masks the coarsest scale: distill_scale "
+            f"{encoder.config.distill_scale} must be the coarsest (-1) for point targets"
+        )
+    config = point_m2ae_pretrain.PointM2AEDecoderConfig.for_encoder(encoder)
+    return point_m2ae_pretrain.PointM2AEPretrain(encoder, config, share_final_norm=True)
+
+
+# An architecture's own masked point-reconstruction model around an encoder: what its
+# baseline pretrains (Point-M2AE: the upsampling decoder over its mask push-down). Stage-2's
+# point targets use it; an architecture without an entry reconstructs the patches of its
+# distillation level with the Point-MAE decoder (``stage2.LocalDecoder``).
+POINT_MODELS: dict[str, Callable[[Backbone], nn.Module]] = {"point_m2ae": _point_m2ae_model}
+
+
+def point_model(encoder: Backbone) -> nn.Module | None:
+    """``POINT_MODELS[encoder.arch](encoder)``, or None. Its ``forward_levels(levels,
+    masked_top)`` returns the ``loss`` and the ``encoded`` scales (coarsest last)."""
+    build = POINT_MODELS.get(encoder.arch)
+    return None if build is None else build(encoder)
 
 
 def _unknown(kind: str, name: str, known) -> KeyError:

@@ -26,6 +26,13 @@ of the encoder's config (default faithful):
 
 Between scales the visible positions of a scale's embedded tokens carry its block outputs and
 the masked ones keep their embeddings (the next scale gathers from that full set).
+
+Stage-2 uses it as Point-M2AE's own point-reconstruction objective (the Point-M2AE baseline and
+Table 7's "point clouds" row): ``for_encoder`` builds the decoder of upstream's shape for any
+encoder size, with ``share_final_norm`` (the coarsest pretraining norm *is* the encoder's final
+``norm``, so the saved encoder's features are upstream's linear-SVM feature; upstream's
+fine-tuning re-initialises that norm), and ``forward_levels`` takes the mask the Stage-2 step
+drew at the coarsest scale.
 """
 
 from __future__ import annotations
@@ -55,6 +62,15 @@ class PointM2AEDecoderConfig:
 
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)
+
+    @classmethod
+    def for_encoder(cls, encoder: PointM2AE, **overrides) -> PointM2AEDecoderConfig:
+        """Upstream's decoder shape for ``encoder``'s widths: one block per level from the
+        coarsest scale down to scale 1 (upstream's (384, 192) at paper size)."""
+        dims = encoder.config.encoder_dims[1:][::-1]  # coarsest first, down to scale 1
+        shape = {"decoder_dims": dims, "decoder_depths": (1,) * len(dims),
+                 "decoder_up_blocks": (1,) * (len(dims) - 1)}  # fmt: skip
+        return cls(**{**shape, **overrides})
 
 
 def pointwise(layers: nn.Module, x: torch.Tensor) -> torch.Tensor:
@@ -111,7 +127,13 @@ class PointM2AEPretrain(nn.Module):
 
     arch = "point_m2ae"  # its upstream checkpoints load through the Point-M2AE adapter
 
-    def __init__(self, encoder: PointM2AE, config: PointM2AEDecoderConfig | None = None):
+    def __init__(
+        self,
+        encoder: PointM2AE,
+        config: PointM2AEDecoderConfig | None = None,
+        *,
+        share_final_norm: bool = False,
+    ):
         super().__init__()
         config = config or PointM2AEDecoderConfig()
         enc = encoder.config
@@ -121,6 +143,8 @@ class PointM2AEPretrain(nn.Module):
             raise ValueError(f"decoder_dims {dims} must be encoder_dims from the coarsest down")
         self.encoder, self.config = encoder, config
         self.encoder_norms = nn.ModuleList(nn.LayerNorm(d) for d in enc.encoder_dims)
+        if share_final_norm:  # one module under two names (checkpoints store both)
+            self.encoder_norms[top] = encoder.norm
         self.mask_token = nn.Parameter(torch.zeros(1, dims[0]))
         rates = torch.linspace(0, enc.drop_path_rate, sum(config.decoder_depths), device="cpu")
         rates, first = rates.tolist(), 0
@@ -238,6 +262,10 @@ class PointM2AEPretrain(nn.Module):
         levels = self.encoder.group(points).levels
         if masked_top is None:
             masked_top = self.random_mask(levels, generator)
+        return self.forward_levels(levels, masked_top)
+
+    def forward_levels(self, levels, masked_top: torch.Tensor) -> dict:
+        """``forward`` on grouped clouds (``Patches.levels``) with the coarsest mask (B, G)."""
         masked = self.push_down(levels, masked_top)
         encoded = self.forward_encoder(levels, masked)
         decoded = self.forward_decoder(levels, masked, encoded)

@@ -98,12 +98,13 @@ def make_head(protocol: str, encoder: Backbone, num_classes: int) -> nn.Module:
 def train_head(
     protocol: str, feats, labels, num_classes: int, encoder: Backbone, recipe: Recipe, seed: int
 ) -> nn.Module:
-    """``make_head`` initialised from ``seed``, then full-batch AdamW with a cosine schedule on
-    cached features (frozen protocols); the head comes back in eval mode."""
+    """``make_head`` initialised from ``seed``, then full-batch AdamW (fused: one kernel per
+    step) with a cosine schedule on cached features (frozen protocols); the head comes back in
+    eval mode."""
     torch.manual_seed(seed)
     head = make_head(protocol, encoder, num_classes).to(feats.device)
     optimizer = torch.optim.AdamW(
-        head.parameters(), lr=recipe.head_lr, weight_decay=recipe.weight_decay
+        head.parameters(), lr=recipe.head_lr, weight_decay=recipe.weight_decay, fused=True
     )
     schedule = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, recipe.head_epochs)
     head.train()
@@ -219,13 +220,18 @@ class Cell:
 
 
 def cells(cfg: ClassificationStage) -> list[Cell]:
-    """Every (dataset, protocol, checkpoint) of a grid, in the order they run."""
-    return [
-        Cell(checkpoint, dataset, protocol)
-        for dataset in cfg.datasets
-        for protocol in cfg.protocols
-        for checkpoint in cfg.checkpoints
-    ]
+    """Every (dataset, protocol, checkpoint) of a grid, in the order they run, less what
+    ``cfg.only`` leaves out of a checkpoint's row."""
+    grid = []
+    for dataset in cfg.datasets:
+        for protocol in cfg.protocols:
+            for checkpoint in cfg.checkpoints:
+                part = cfg.only.get(checkpoint, {})
+                if protocol in part.get("protocols", (protocol,)) and dataset in part.get(
+                    "datasets", (dataset,)
+                ):
+                    grid.append(Cell(checkpoint, dataset, protocol))
+    return grid
 
 
 def run_seed(cfg: ClassificationStage, cell: Cell, seed: int, cache: dict, run: str = "") -> dict:
@@ -242,8 +248,8 @@ def run_seed(cfg: ClassificationStage, cell: Cell, seed: int, cache: dict, run: 
         head = train_head(cell.protocol, feats, labels, classes, encoder, recipe, seed)
         with torch.no_grad():
             train_acc, acc = accuracy(head(feats), labels), accuracy(head(test_feats), test_labels)
-        return {"seed": seed, "run": run, "acc": 100 * acc, "acc_vote": math.nan,
-                "train_acc": 100 * train_acc}  # fmt: skip
+        return {"seed": seed, "run": run, "arch": encoder.arch, "acc": 100 * acc,
+                "acc_vote": math.nan, "train_acc": 100 * train_acc}  # fmt: skip
     model = load_pretrained(
         run, cfg.model, seed=seed, grouping=recipe.grouping,
         num_classes=classes, drop_path_rate=recipe.drop_path_rate,
@@ -260,6 +266,7 @@ def run_seed(cfg: ClassificationStage, cell: Cell, seed: int, cache: dict, run: 
     return {
         "seed": seed,
         "run": run,
+        "arch": model.arch,
         "acc": 100 * accuracy(plain, labels),
         "acc_vote": 100 * accuracy(voted, labels) if votes else math.nan,
         "train_acc": 100 * result.final["train/acc"],
@@ -267,10 +274,46 @@ def run_seed(cfg: ClassificationStage, cell: Cell, seed: int, cache: dict, run: 
     }
 
 
+def reusable(cfg: ClassificationStage, cell: Cell) -> dict | None:
+    """The same cell in the grid ``cfg.reuse`` (another stage's results directory) if it ran
+    exactly what this grid would: same checkpoint, dataset, protocol, seeds, pretraining runs
+    and recipe (and votes, for the full protocol). The ablation grid reads the classification
+    grid's linear probes of the encoders both hold instead of training them twice."""
+    path = resolve(cfg.reuse) / f"{cell.tag}.json" if cfg.reuse else None
+    if path is None or not path.is_file():
+        return None
+    done = json.loads(path.read_text())
+    runs = seed_refs(cell.checkpoint)
+    expected = {
+        "checkpoint": cell.checkpoint,
+        "protocol": cell.protocol,
+        "recipe": json.loads(
+            json.dumps(dataclasses.asdict(cfg.recipes[dataset_family(cell.dataset)]))
+        ),
+        "seeds": [(seed, runs[i % len(runs)]) for i, seed in enumerate(cfg.seeds)],
+    }
+    found = {
+        **{k: done.get(k) for k in expected},
+        "seeds": [(r["seed"], r["run"]) for r in done["seeds"]],
+    }
+    if found != expected or (cell.protocol == "full" and done["votes"] != cfg.votes):
+        return None
+    return {**done, "votes": cfg.votes, "reused_from": f"{cfg.reuse}/{cell.tag}.json"}
+
+
 def run_cell(cfg: ClassificationStage, cell: Cell, cache: dict) -> dict:
-    """Every seed of one cell; writes and returns ``<results_dir>/<tag>.json``. The i-th seed
-    transfers the i-th independent pretraining run of the checkpoint (cycling when it has
-    fewer, ``config.seed_refs``), so the spread covers pretraining as well as transfer."""
+    """Every seed of one cell (or the same cell of ``cfg.reuse``, ``reusable``); writes and
+    returns ``<results_dir>/<tag>.json``. The i-th seed transfers the i-th independent
+    pretraining run of the checkpoint (cycling when it has fewer, ``config.seed_refs``), so
+    the spread covers pretraining as well as transfer."""
+    result = reusable(cfg, cell) or _run_cell(cfg, cell, cache)
+    path = resolve(cfg.results_dir) / f"{cell.tag}.json"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(result, indent=2) + "\n")
+    return result
+
+
+def _run_cell(cfg: ClassificationStage, cell: Cell, cache: dict) -> dict:
     runs = seed_refs(cell.checkpoint)
     rows = [
         run_seed(cfg, cell, seed, cache, runs[i % len(runs)]) for i, seed in enumerate(cfg.seeds)
@@ -280,6 +323,7 @@ def run_cell(cfg: ClassificationStage, cell: Cell, cache: dict) -> dict:
         "dataset": name,
         "subset": subset,
         "checkpoint": cell.checkpoint,  # as named in params (tables show checkpoint_name)
+        "arch": rows[0]["arch"],  # the backbone (Table 3's #P column)
         "protocol": cell.protocol,
         "votes": cfg.votes,
         "selection": "last epoch",
@@ -289,9 +333,6 @@ def run_cell(cfg: ClassificationStage, cell: Cell, cache: dict) -> dict:
         "pretrain_runs": len({row["run"] for row in rows}),
         **summarise(rows),
     }
-    path = resolve(cfg.results_dir) / f"{cell.tag}.json"
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(json.dumps(result, indent=2) + "\n")
     return result
 
 

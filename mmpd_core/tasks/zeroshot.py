@@ -161,6 +161,7 @@ def run_stage(cfg: ZeroShotStage) -> tuple[dict, pd.DataFrame]:
             records.append({
                 "checkpoint": checkpoint, "run": ref, "captions": ckpt.get("captions", "named"),
                 "teachers": len(ckpt["teachers"]), "dim": model.encoder.dim,
+                "arch": model.encoder.arch,
                 **{k: 100 * metrics[k] for k in ("top1", "top5", "chance_top1", "chance_top5")},
             })  # fmt: skip
     out = resolve(cfg.results)
@@ -185,7 +186,8 @@ def zeroshot_table(records: pd.DataFrame, templates: str, count: int, classes: i
     rows = []
     for checkpoint, group in records.groupby("checkpoint", sort=False):
         first = group.iloc[0]
-        model = f"mmpd Stage-1 {checkpoint} ({first['dim']}-d, {first['teachers']} teachers)"
+        model = f"mmpd Stage-1 {checkpoint} ({first['arch']}, {first['dim']}-d, "
+        model += f"{first['teachers']} teachers)"
         if templates != "mmpd20":
             model += f", {count} {templates[:-2].upper()} templates"
         rows.append({
