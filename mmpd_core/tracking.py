@@ -106,7 +106,10 @@ def train_seeds(cfg, train_one, *, resume: bool = False) -> list:
             "seeds": [run.seed for run in runs],
             "runs": [seeded(cfg.run, k) for k in range(len(runs))],
         }
-        (resolve(cfg.live_dir) / "seeds").mkdir(parents=True, exist_ok=True)
+        seeds = resolve(cfg.live_dir) / "seeds"  # dvclive of runs past the first: seed<k>/
+        seeds.mkdir(parents=True, exist_ok=True)
+        # a file even for a single run: git keeps no empty folder, and DVC tracks this one
+        (seeds / "runs.json").write_text(json.dumps(record, indent=1) + "\n")
         path = resolve(cfg.out_dir) / SEEDS_FILE
         path.parent.mkdir(parents=True, exist_ok=True)
         path.write_text(json.dumps(record, indent=1) + "\n")
