@@ -1,10 +1,11 @@
 """Attention on CPU: SDPA's fused kernel vs the plain softmax math, forward + backward.
 
-``layers.Attention`` uses ``layers.math_attention`` on CPU up to ``CPU_MATH_MAX_TOKENS`` tokens
-and ``scaled_dot_product_attention`` otherwise (and always on GPU). This prints, for the
-shapes the backbones run (B = 32; the embedded models and the paper-size ones, with Point-M2AE's
-radius mask where it has one), the best of a few forward + backward passes of each under bf16
-autocast and in float32, their ratio, and which one the layer picks. A few seconds.
+``layers.Attention`` uses ``layers.math_attention`` on CPU in bf16 up to ``CPU_MATH_MAX_TOKENS``
+tokens and ``scaled_dot_product_attention`` otherwise (float32, longer sequences, GPU). This
+prints, for the shapes the backbones run (B = 32; the embedded models and the paper-size ones,
+with Point-M2AE's radius mask where it has one), the best of a few forward + backward passes of
+each under bf16 autocast and in float32, their ratio, and which one the layer picks. A few
+seconds.
 
     python benchmarks/bench_attention_cpu.py
 """
@@ -45,7 +46,7 @@ def best_ms(attend, q, k, v, bias, dtype, repeats: int = 5) -> float:
 
 def main() -> None:
     torch.manual_seed(0)
-    print(f"{torch.get_num_threads()} threads; the layer picks math up to {CPU_MATH_MAX_TOKENS}")
+    print(f"{torch.get_num_threads()} threads; math in bf16 up to {CPU_MATH_MAX_TOKENS} tokens")
     print(f"{'shape':28s} {'dtype':5s} {'sdpa ms':>8s} {'math ms':>8s} {'math/sdpa':>9s}  picks")
     for name, tokens, width, heads, masked in SHAPES:
         q, k, v = torch.randn(3, 32, heads, tokens, width // heads).unbind(0)
@@ -55,7 +56,7 @@ def main() -> None:
         for dtype in ("bf16", "fp32"):
             fused = best_ms(F.scaled_dot_product_attention, q, k, v, bias, dtype)
             plain = best_ms(math_attention, q, k, v, bias, dtype)
-            pick = "math" if tokens <= CPU_MATH_MAX_TOKENS else "sdpa"
+            pick = "math" if dtype == "bf16" and tokens <= CPU_MATH_MAX_TOKENS else "sdpa"
             print(f"{name:28s} {dtype:5s} {fused:8.1f} {plain:8.1f} {plain / fused:9.2f}  {pick}")
 
 

@@ -38,10 +38,11 @@ class Mlp(nn.Module):
         return self.fc2(self.act(self.fc1(x)))
 
 
-# On CPU, up to this many tokens the plain softmax(q k^T / sqrt(d) + bias) v is faster than
-# SDPA's fused CPU kernel, forward + backward, in bf16 and float32: 0.2-0.7x its time at the
-# embedded sizes and at Point-MAE's 64-128 tokens, while the fused kernel wins from 256 tokens
-# (Point-M2AE's finer scales at paper size). ``benchmarks/bench_attention_cpu.py`` prints both.
+# On CPU in bf16, up to this many tokens the plain softmax(q k^T / sqrt(d) + bias) v is faster
+# than SDPA's fused CPU kernel, forward + backward: 0.1-0.6x its time at the embedded sizes and
+# at Point-MAE's 64-128 tokens, while the fused kernel wins from 256 tokens (Point-M2AE's finer
+# scales at paper size) and in float32 at every size (1.1-3x).
+# ``benchmarks/bench_attention_cpu.py`` prints both.
 CPU_MATH_MAX_TOKENS = 128
 
 
@@ -54,8 +55,8 @@ def math_attention(q, k, v, attn_mask: torch.Tensor | None = None) -> torch.Tens
 
 
 class Attention(nn.Module):
-    """Multi-head self-attention; qkv has no bias. ``scaled_dot_product_attention`` except on
-    CPU for short sequences (``CPU_MATH_MAX_TOKENS``), where ``math_attention`` is faster."""
+    """Multi-head self-attention; qkv has no bias. ``scaled_dot_product_attention`` except for
+    short bf16 sequences on CPU (``CPU_MATH_MAX_TOKENS``), where ``math_attention`` is faster."""
 
     def __init__(self, dim: int, num_heads: int):
         super().__init__()
@@ -73,7 +74,7 @@ class Attention(nn.Module):
         q, k, v = qkv.permute(2, 0, 3, 1, 4).unbind(0)  # each (B, H, T, D/H)
         if attn_mask is not None:
             attn_mask = attn_mask.to(q.dtype)
-        if q.device.type == "cpu" and tokens <= CPU_MATH_MAX_TOKENS:
+        if q.device.type == "cpu" and q.dtype == torch.bfloat16 and tokens <= CPU_MATH_MAX_TOKENS:
             out = math_attention(q, k, v, attn_mask)  # (B, H, T, D/H)
         else:
             out = F.scaled_dot_product_attention(q, k, v, attn_mask)  # (B, H, T, D/H)

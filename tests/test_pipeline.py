@@ -47,6 +47,8 @@ def test_dvc_repro_runs_every_stage_then_nothing(smoke_repo):
     assert seeds["runs"] == ["stage2", "stage2@1"] and seeds["seeds"] == [0, 1]
     assert (smoke_repo / "runs/stage2/seed1/encoder.safetensors").is_file()
     assert (smoke_repo / "reports/dvclive/pretrain_stage2/seeds/seed1/cost.json").is_file()
+    one = smoke_repo / "reports/dvclive/stage2_variants/no_shuffle/seeds/runs.json"  # git keeps it
+    assert json.loads(one.read_text())["runs"] == ["stage2:no_shuffle"]
     stage2 = json.loads((smoke_repo / "reports/dvclive/pretrain_stage2/metrics.json").read_text())
     assert stage2["train"]["loss_local"] > 0 and "copy_cos_visible" in stage2["eval"]
     cost = json.loads((smoke_repo / "reports/dvclive/stage2_variants/joint/cost.json").read_text())
