@@ -5,7 +5,8 @@ distils (``stage2.py``). This measures the alternative once, on the embedded dat
 ``make repro`` (it reads the ``stage1:m2ae`` runs and the ``stage2:m2ae`` runs the pipeline
 trained): it trains ``stage2:m2ae`` again with ``distill_scale: 1`` (each independent run k from
 Stage-1 run k, as the pipeline does) into ``runs/bench/m2ae_distill_scale1/``, then probes
-both encoders with the ablation grid's linear protocol (seed k probes run k) on its datasets and
+both encoders with the ablation grid's linear protocol (head seed i probes run i, cycling) on its
+datasets and
 prints each run's held-out Stage-2 cosines, the accuracies and the paired differences. About
 2 minutes on 2 CPU cores.
 
@@ -45,14 +46,15 @@ def train_alternative(level: int) -> list[str]:
 
 
 def probe(refs: list[str]) -> dict[str, list[float]]:
-    """Linear-probe accuracy per ablation dataset; seed k probes ``refs[k]``."""
+    """Linear-probe accuracy per ablation dataset; seed i probes run ``refs[i % len(refs)]``
+    (as the grids pair them)."""
     grid = config.load("ablations")
     cache, out = {}, {}
     for dataset in grid.datasets:
         cell = classification.Cell(refs[0], dataset, "linear")
         out[dataset] = [
-            classification.run_seed(grid, cell, seed, cache, ref)["acc"]
-            for seed, ref in zip(grid.seeds, refs, strict=False)
+            classification.run_seed(grid, cell, seed, cache, refs[i % len(refs)])["acc"]
+            for i, seed in enumerate(grid.seeds)
         ]
     return out
 
@@ -65,7 +67,8 @@ def main() -> None:
     runs = [seeded(default.run, k) for k in range(default.pretrain_seeds)]
     alternative = train_alternative(args.level)
     coarsest, finer = probe(runs), probe(alternative)
-    print(f"\nlinear probe (% , mean ± std over {len(runs)} runs), coarsest vs scale {args.level}")
+    seeds = len(config.load("ablations").seeds)
+    print(f"\nlinear probe (%, mean ± std over {seeds} head seeds, {len(runs)} pretraining runs)")
     for dataset in coarsest:
         a, b = np.array(coarsest[dataset]), np.array(finer[dataset])
         diff = a - b
