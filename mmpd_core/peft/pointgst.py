@@ -45,7 +45,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from mmpd_core.models import load_encoder
+from mmpd_core.models import load_encoder, upstream
 from mmpd_core.models.contract import Patches
 from mmpd_core.models.point_mae import PointMAE
 from mmpd_core.models.upstream import Layout, LoadReport, apply_layout, read_checkpoint
@@ -353,20 +353,11 @@ def from_pretrained(source, num_classes: int, **overrides) -> PointGST:
 
 # ---------------------------------------------------------------- upstream checkpoints
 
-# (checkpoint-key pattern without ``module.``, model-key template); the first match wins.
-_ENCODER_RULES = [
-    (r"encoder\.(first_conv|second_conv)\.(\d+)\.(.+)", r"encoder.tokenizer.\1.\2.\3"),
-    (r"pos_embed\.(\d+)\.(weight|bias)", r"encoder.pos_embed.\1.\2"),
-    (r"blocks\.blocks\.(\d+)\.gft_adapter\.(.+)", r"adapters.\1.\2"),
-    (r"blocks\.blocks\.(\d+)\.(.+)", r"encoder.transformer.blocks.\1.\2"),
-    (r"norm\.(weight|bias)", r"encoder.transformer.norm.\1"),
-]
-FINETUNE_RULES = [
-    (r"cls_token", "encoder.cls_token"),
-    (r"cls_pos", "encoder.cls_pos"),
-    (r"cls_head_finetune\.(\d+)\.(.+)", r"encoder.head.\1.\2"),
-    *_ENCODER_RULES,
-]
+# Point-MAE's key map (``models.upstream``) under the wrapper's ``encoder.``, after the
+# adapters' rule (it must win over the block rule); the first match wins.
+_ADAPTER_RULE = (r"blocks\.blocks\.(\d+)\.gft_adapter\.(.+)", r"adapters.\1.\2")
+_ENCODER_RULES = [(p, "encoder." + t) for p, t in upstream._ENCODER_RULES]
+FINETUNE_RULES = [_ADAPTER_RULE, *[(p, "encoder." + t) for p, t in upstream._FINETUNE_RULES]]
 LAYOUTS = {
     # upstream PointGST checkpoints (PointTransformer_PGST, the released fine-tuned files)
     "finetune": Layout("finetune", FINETUNE_RULES, head="encoder.head."),
