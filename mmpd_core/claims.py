@@ -47,9 +47,9 @@ ALL = ("OBJ_BG", "OBJ_ONLY", "PB_T50_RS", "MN40")
 @dataclass(frozen=True)
 class Claim:
     """``a`` beats ``b`` (``b`` = "chance": zero-shot above chance) on ``datasets`` of
-    ``grid`` under ``protocol`` (the ablation grid's protocol when ""); ``paper``: the
-    paper's difference in points on the same columns (None: the paper states the direction
-    only)."""
+    ``grid`` under ``protocol`` (the ablation grid's protocol when ""; ``b`` under
+    ``protocol_b`` when set: one encoder transferred two ways); ``paper``: the paper's
+    difference in points on the same columns (None: the paper states the direction only)."""
 
     table: str
     claim: str
@@ -59,6 +59,7 @@ class Claim:
     protocol: str = ""
     datasets: tuple[str, ...] = ALL
     paper: float | None = None
+    protocol_b: str = ""
 
 
 def _paper_mean(pairs) -> float:
@@ -79,6 +80,11 @@ CLAIMS = (
                                     (92.68, 91.22)])),
         )
     ),
+    Claim("Table 3", "PointGST on Ours adds to its full fine-tuning", "stage2", "stage2",
+          "classification", "pointgst", ALL[:3],
+          _paper_mean([(95.36, 95.20), (94.11, 93.73), (90.18, 90.10)]), protocol_b="full"),
+    Claim("Table 3", "under PointGST, Ours beats the Point-MAE baseline", "stage2",
+          "stage2:point_mae", "classification", "pointgst", ALL[:3]),
     Claim("Table 3", "Ours (Point-M2AE) beats the Point-M2AE baseline (full)", "stage2:m2ae",
           "stage2:point_m2ae", "classification", "full", ALL,
           _paper_mean([(96.10, 91.22), (94.25, 88.81), (91.20, 86.43), (94.3, 93.4)])),
@@ -162,14 +168,18 @@ def zeroshot_seeds(records: list[dict]) -> dict[tuple[str, str], list[dict]]:
     return out
 
 
-def paired_differences(seeds: dict, claim: Claim, columns) -> tuple[np.ndarray, dict]:
+def paired_differences(
+    seeds: dict, claim: Claim, columns, seeds_b: dict | None = None
+) -> tuple[np.ndarray, dict]:
     """The per-seed differences a − b averaged over ``columns`` and the number of distinct
-    pretraining runs of each side; empty when a cell is missing."""
+    pretraining runs of each side; empty when a cell is missing. ``seeds_b``: where ``b``'s
+    cells are, when not in ``seeds`` (another protocol of the grid)."""
     diffs, runs = [], {"a": set(), "b": set()}
     if not columns:
         return np.array([]), {"a": 0, "b": 0}
+    seeds_b = seeds if seeds_b is None else seeds_b
     for column in columns:
-        a, b = seeds.get((claim.a, column)), seeds.get((claim.b, column))
+        a, b = seeds.get((claim.a, column)), seeds_b.get((claim.b, column))
         if not a or not b:
             return np.array([]), {"a": 0, "b": 0}
         n = min(len(a), len(b))
@@ -210,12 +220,15 @@ def claims_table(sources: dict, scale: str) -> pd.DataFrame:
     for claim in CLAIMS:
         seeds = sources.get(f"{claim.grid}:{claim.protocol}" if claim.protocol else claim.grid)
         seeds = seeds or {}
+        seeds_b = None  # b in the same cells as a
+        if claim.protocol_b:
+            seeds_b = sources.get(f"{claim.grid}:{claim.protocol_b}") or {}
         columns = claim.datasets
         if claim.grid == "fewshot":
             columns = tuple(sorted({c for _, c in seeds}))
         if claim.grid == "zeroshot":
             columns = ("MN40",)
-        diffs, runs = paired_differences(seeds, claim, columns)
+        diffs, runs = paired_differences(seeds, claim, columns, seeds_b)
         mean, half = interval(diffs)
         pretrained = {"a": _pretrained(claim.a), "b": _pretrained(claim.b)}
         rows.append({
@@ -242,7 +255,10 @@ def _where(claim: Claim, columns) -> str:
         return "zero-shot top-1, MN40 test split"
     if claim.grid == "fewshot":
         return f"few-shot, {len(columns)} settings"
-    return f"{claim.protocol or 'ablation protocol'}: {', '.join(columns)}"
+    protocol = claim.protocol or "ablation protocol"
+    if claim.protocol_b:
+        protocol = f"{claim.protocol} vs {claim.protocol_b}"
+    return f"{protocol}: {', '.join(columns)}"
 
 
 def read_sources(
@@ -257,7 +273,7 @@ def read_sources(
     classification, ablations = Path(classification), Path(ablations)
     sources = {
         f"classification:{p}": grid_seeds(classification.with_suffix(""), p)
-        for p in ("full", "mlp3", "linear")
+        for p in ("full", "mlp3", "linear", "pointgst")
     }
     sources["ablations"] = grid_seeds(ablations.with_suffix(""), ablation_protocol)
     if Path(fewshot).is_file():

@@ -218,6 +218,18 @@ class Recipe(Schedule):
 
 
 Protocol = Literal["full", "mlp3", "linear"]
+# + ``pointgst``: the encoder frozen, spectral adapters, cls and head trained (Point-MAE only)
+GridProtocol = Literal["full", "mlp3", "linear", "pointgst"]
+
+
+@dataclass(frozen=True)
+class PointGSTAdapters:
+    """The ``pointgst`` protocol's adapters (``peft.pointgst.PointGSTConfig`` fields); ``local``
+    must divide the recipe's Point-MAE ``num_groups``."""
+
+    __pydantic_config__ = STRICT
+    rank: int
+    local: int
 
 
 @dataclass(frozen=True)
@@ -228,7 +240,7 @@ class ClassificationStage:
     __pydantic_config__ = STRICT
     checkpoints: tuple[str, ...]  # scratch | run names | encoder files | upstream .pth files
     datasets: tuple[str, ...]  # modelnet40 | scanobjectnn/<subset> (synthetic_*: embedded only)
-    protocols: tuple[Protocol, ...]
+    protocols: tuple[GridProtocol, ...]
     seeds: tuple[int, ...]
     votes: int  # augmented test passes averaged where a recipe votes (0: none), beside the plain
     model: str  # architecture of ``scratch`` and upstream checkpoints
@@ -241,6 +253,9 @@ class ClassificationStage:
     reuse: str  # another grid's results_dir: its cells that ran exactly this are copied; "": none
     # checkpoint -> {protocols: [...], datasets: [...]}: that encoder runs only those cells
     only: dict[str, dict[str, tuple[str, ...]]]
+    # protocol -> {checkpoints: [...], datasets: [...]}: that protocol runs only those cells
+    protocol_only: dict[str, dict[str, tuple[str, ...]]]
+    pointgst: PointGSTAdapters
 
     def __post_init__(self):
         if not self.seeds:
@@ -248,6 +263,11 @@ class ClassificationStage:
         for checkpoint, part in self.only.items():  # a checkpoint the grid lacks is ignored
             if set(part) - {"protocols", "datasets"}:
                 raise ValueError(f"only[{checkpoint!r}] names protocols / datasets, got {part}")
+        for protocol, part in self.protocol_only.items():
+            if set(part) - {"checkpoints", "datasets"}:
+                raise ValueError(
+                    f"protocol_only[{protocol!r}] names checkpoints / datasets, got {part}"
+                )
 
 
 @dataclass(frozen=True)
@@ -521,6 +541,7 @@ def _derive_finetune(section: dict, transfer: dict) -> dict:
         "table": "",
         "reuse": "",
         "only": {},
+        "protocol_only": {},
     }
     return {**section, **cell, **transfer}
 

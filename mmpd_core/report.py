@@ -18,6 +18,7 @@ import torch
 from mmpd_core import claims
 from mmpd_core.config import ReportStage, live_dir, read_params, resolve, run_dir
 from mmpd_core.models import MODELS, create_model, point_model
+from mmpd_core.peft.pointgst import point_gst
 from mmpd_core.tables import write_table
 from mmpd_core.tracking import context
 
@@ -60,6 +61,10 @@ PAPER_TABLE3 = {  # protocol -> method -> OBJ_BG, OBJ_ONLY, PB_T50_RS, MN40, MN4
         "Point-MAE": ("84.29±0.55", "85.24±0.67", "77.34±0.12", "92.33±0.09", "-"),
         "Ours (Point-MAE)": ("91.56±0.33", "91.38±0.40", "84.88±0.48", "93.35±0.17", "-"),
     },
+    "pointgst": {  # no Point-MAE + PointGST row in the paper; ReCon's is its comparison
+        "ReCon + PointGST": ("94.49", "92.94", "89.49", "-", "-"),
+        "Ours (Point-MAE) + PointGST": ("95.36", "94.11", "90.18", "-", "-"),
+    },
 }
 # Table 4: (global distillation, token shuffle, local distillation) -> paper MN40, OBJ_BG.
 TABLE4_ROWS = {
@@ -77,7 +82,8 @@ TABLE7_ROWS = {  # run -> (backbone, target, paper MN40): the paper's left and r
     "stage2:m2ae": ("Point-M2AE", "Features", "94.3"),
 }
 PAPER_PARAMS = {"Point-MAE": "22.1", "Ours (Point-MAE)": "22.1", "Point-M2AE": "15.3",
-                "Ours (Point-M2AE)": "15.3"}  # fmt: skip
+                "Ours (Point-M2AE)": "15.3", "ReCon + PointGST": "44.2",
+                "Ours (Point-MAE) + PointGST": "22.7"}  # fmt: skip
 TABLE8_ROWS = {  # paper MN40, ScanObjectNN (PB_T50_RS, as Table 3's "Ours" 90.1 shows)
     "stage2:joint": ("Joint training (single stage)", "92.2", "82.78"),
     "stage1:after_point_mae": ("Stage-2 -> Stage-1 (reversed order)", "93.6", "87.1"),
@@ -140,15 +146,18 @@ def table1(fewshot: dict) -> pd.DataFrame:
     return pd.DataFrame(frame).fillna("-")
 
 
-def paper_params(arch: str) -> str:
+def paper_params(arch: str, protocol: str = "full") -> str:
     """Parameters (millions) of ``arch`` at paper size, counted as the paper's #P column
     counts them: the fine-tune model (40 classes), except for Point-M2AE, whose 15.3 M is the
-    pretraining model, decoder included (its fine-tune model follows in brackets)."""
+    pretraining model, decoder included (its fine-tune model follows in brackets). Under
+    ``pointgst`` the adapters (paper size: rank 36, local 32) are counted too."""
     name = next((n for n, e in MODELS.items() if e.arch == arch and e.size == "paper"), None)
     if name is None:
         return "-"
     with torch.device("meta"):
         model = create_model(name, num_classes=40)
+        if protocol == "pointgst":
+            model = point_gst(model)
         pretraining = point_model(create_model(name)) if arch == "point_m2ae" else None
     count = sum(p.numel() for p in model.parameters()) / 1e6
     if pretraining is None:
@@ -161,17 +170,18 @@ def table3(grid: pd.DataFrame) -> pd.DataFrame:
     architecture at paper size (``paper_params``), not the size this run trained."""
     columns = ["OBJ_BG", "OBJ_ONLY", "PB_T50_RS", "MN40", "MN40 vote"]
     archs = dict(zip(grid["checkpoint"], grid["arch"], strict=True)) if "arch" in grid else {}
-    params = {arch: paper_params(arch) for arch in set(archs.values())}
     rows = []
-    for protocol in ("full", "mlp3", "linear"):
+    for protocol in ("full", "mlp3", "linear", "pointgst"):
         acc = accuracies(grid, protocol)
         vote = accuracies(grid, protocol, "acc_vote")
+        suffix = " + PointGST" if protocol == "pointgst" else ""
         for checkpoint in dict.fromkeys(grid.loc[grid["protocol"] == protocol, "checkpoint"]):
+            arch = archs.get(checkpoint)
             row = {
                 "protocol": protocol,
-                "method": LABELS.get(checkpoint, checkpoint),
+                "method": LABELS.get(checkpoint, checkpoint) + suffix,
                 "source": "this run",
-                "#P (M)": params.get(archs.get(checkpoint), "-"),
+                "#P (M)": paper_params(arch, protocol) if arch else "-",
             }
             row.update({c: acc.get((checkpoint, c), "-") for c in columns[:4]})
             row["MN40 vote"] = vote.get((checkpoint, "MN40"), "-")
@@ -341,7 +351,10 @@ TABLES = {  # stem -> (paper table, what it shows)
     "claims": ("all", "which of the paper's claims this run reproduces"),
     "table1_fewshot": ("Table 1", "few-shot classification, mean ± std over folds"),
     "table2_zeroshot": ("Table 2", "zero-shot classification (zeroshot stage)"),
-    "table3_classification": ("Table 3", "classification: full / MLP-3 / MLP-Linear protocols"),
+    "table3_classification": (
+        "Table 3",
+        "classification: full / MLP-3 / MLP-Linear protocols, + PointGST",
+    ),
     "table4_stage2_components": ("Table 4", "Stage-2 components (global, shuffle, local)"),
     "table5_training_cost": ("Table 5", "training cost, measured on this machine"),
     "table5_all_runs": ("Table 5", "cost of every pretraining run"),

@@ -61,6 +61,25 @@ def test_differences_are_paired_per_seed_and_averaged_over_columns():
     assert missing.size == 0
 
 
+def test_one_encoder_under_two_protocols_pairs_its_own_seeds():
+    gst = {("stage2", "OBJ_BG"): seeds([72, 61], name="stage2")}
+    full = {("stage2", "OBJ_BG"): seeds([70, 60], name="stage2")}
+    claim = claims.Claim("Table 3", "c", "stage2", "stage2", "classification", "pointgst",
+                         ("OBJ_BG",), protocol_b="full")  # fmt: skip
+    diffs, runs = claims.paired_differences(gst, claim, ("OBJ_BG",), full)
+    np.testing.assert_allclose(diffs, [2, 1])
+    assert runs == {"a": 2, "b": 2}
+    for column in ("OBJ_ONLY", "PB_T50_RS"):
+        gst[("stage2", column)], full[("stage2", column)] = (
+            gst[("stage2", "OBJ_BG")],
+            seeds([72, 61], name="stage2"),
+        )
+    table = claims.claims_table({"classification:pointgst": gst, "classification:full": full}, "x")
+    row = table[table["claim"] == "PointGST on Ours adds to its full fine-tuning"].iloc[0]
+    assert row["measured on"] == "pointgst vs full: OBJ_BG, OBJ_ONLY, PB_T50_RS"
+    assert row["n"] == 2 and row["this run Δ"] == "+0.5 ± 2.1"  # seeds: 2/3, 1/3
+
+
 def grid_files(folder, protocol, cells):
     folder.mkdir(parents=True, exist_ok=True)
     for (checkpoint, dataset, subset), rows in cells.items():

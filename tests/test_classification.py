@@ -152,14 +152,16 @@ def test_summary_is_mean_and_sample_std_over_seeds_in_percent():
 
 
 def test_grid_covers_every_cell_and_names_runs():
-    grid = dataclasses.replace(config.load("classification", smoke=False), only={})
+    grid = config.load("classification", smoke=False)
+    grid = dataclasses.replace(grid, only={}, protocol_only={})
     cells = classification.cells(grid)
     assert len(cells) == len(grid.checkpoints) * len(grid.datasets) * len(grid.protocols)
     only = {"stage1": {"protocols": ("linear",)}, "scratch": {"datasets": ("modelnet40",)}}
     some = classification.cells(dataclasses.replace(grid, only=only))
     assert {c.protocol for c in some if c.checkpoint == "stage1"} == {"linear"}
     assert {c.dataset for c in some if c.checkpoint == "scratch"} == {"modelnet40"}
-    assert len(some) == len(cells) - 2 * len(grid.datasets) - 3 * len(grid.protocols)
+    protocols, datasets = len(grid.protocols), len(grid.datasets)
+    assert len(some) == len(cells) - (protocols - 1) * datasets - protocols * (datasets - 1)
     with pytest.raises(ValueError, match="only"):
         dataclasses.replace(grid, only={"stage1": {"seeds": (0,)}})
     scan = [c for c in cells if c.dataset == "scanobjectnn/pb_t50_rs"]
@@ -171,6 +173,52 @@ def test_grid_covers_every_cell_and_names_runs():
     assert features.checkpoint_name("runs/stage1/encoder.safetensors") == "stage1"
     one = config.load("finetune", smoke=False, dataset="scanobjectnn", subset="obj_only")
     assert one.datasets == ("scanobjectnn/obj_only",) and len(classification.cells(one)) == 1
+
+
+def test_a_protocol_runs_only_the_rows_and_datasets_it_names():
+    grid = config.load("classification", smoke=False)
+    grid = dataclasses.replace(grid, only={}, protocols=("linear", "pointgst"))
+    block = {"checkpoints": ("stage2",), "datasets": ("modelnet40", "scanobjectnn/obj_bg")}
+    some = classification.cells(dataclasses.replace(grid, protocol_only={"pointgst": block}))
+    assert {(c.checkpoint, c.dataset) for c in some if c.protocol == "pointgst"} == {
+        ("stage2", "modelnet40"), ("stage2", "scanobjectnn/obj_bg")
+    }  # fmt: skip
+    assert sum(c.protocol == "linear" for c in some) == len(grid.checkpoints) * len(grid.datasets)
+    with pytest.raises(ValueError, match="protocol_only"):
+        dataclasses.replace(grid, protocol_only={"pointgst": {"protocols": ("full",)}})
+    shipped = config.load("classification", smoke=False).protocol_only["pointgst"]
+    assert set(shipped["checkpoints"]) == {"stage2", "stage2:point_mae"}  # Table 3's rows
+
+
+def test_pointgst_protocol_trains_adapters_cls_and_head_only(tmp_path):
+    """Fine-tuning under ``pointgst`` leaves every frozen encoder weight bit-identical, moves
+    the adapters, cls token and head, and counts exactly those parameters as trainable."""
+    model = PointMAE(dataclasses.replace(SMALL, num_classes=3))
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    gst, counts = classification.adapted(model, config.PointGSTAdapters(rank=4, local=8))
+    by_hand = sum(p.numel() for p in gst.adapters.parameters()) + sum(
+        p.numel() for p in (model.cls_token, model.cls_pos, *model.head.parameters())
+    )
+    assert counts == {"trainable_params": by_hand,
+                      "total_params": sum(p.numel() for p in gst.parameters())}  # fmt: skip
+    data = CloudDataset(*clouds(8), 256)
+    recipe = dataclasses.replace(RECIPE, epochs=2, augment="none")
+    groups = gst.optimizer_groups(recipe.weight_decay)
+    classification.fine_tune(gst, data, recipe, seed=0, out_dir=tmp_path, param_groups=groups)
+    after = model.state_dict()
+    moved = {k for k in before if not torch.equal(before[k], after[k])}
+    frozen_weights = {k for k, _ in model.named_parameters()} - {
+        k for k in before if k.startswith(("cls_", "head."))
+    }
+    assert not moved & frozen_weights  # no frozen weight changed
+    assert {"cls_token", "head.0.weight"} <= moved
+    assert any("running_mean" in k for k in moved)  # train mode: BatchNorm statistics refresh
+    assert all(p.abs().sum() > 0 for p in (a.up.weight for a in gst.adapters))  # left zero init
+    logits = gst(torch.from_numpy(clouds(1)[0]))
+    assert logits.shape == (3, 3) and torch.isfinite(logits).all()
+    m2ae = features.load_pretrained("scratch", "point_m2ae_small", num_classes=3)
+    with pytest.raises(ValueError, match="adapts point_mae encoders, not 'point_m2ae'"):
+        classification.adapted(m2ae, config.PointGSTAdapters(rank=4, local=8))
 
 
 def test_a_cell_another_grid_ran_exactly_is_copied_not_rerun(tmp_path, monkeypatch):
@@ -281,9 +329,14 @@ def test_report_tables_put_this_run_beside_the_paper():
              "acc_mean": 91.25, "acc_std": 0.5, "acc_vote_mean": 92.0, "acc_vote_std": 0.0},
             {"dataset": "scanobjectnn", "subset": "obj_bg", "checkpoint": "stage2",
              "protocol": "full", "acc_mean": 80.0, "acc_std": 1.0},
+            {"dataset": "scanobjectnn", "subset": "obj_bg", "checkpoint": "stage2",
+             "protocol": "pointgst", "acc_mean": 82.0, "acc_std": 2.0},
         ]
     )  # fmt: skip
-    table = report.table3(grid)
+    table = report.table3(grid.assign(arch="point_mae"))
+    gst = table[(table["source"] == "this run") & (table["protocol"] == "pointgst")].iloc[0]
+    assert gst["method"] == "Ours (Stage-1 + Stage-2) + PointGST" and gst["OBJ_BG"] == "82.0 ± 2.0"
+    assert gst["#P (M)"] == "22.5"  # 22.1 M + the paper-size adapters (0.35 M)
     ours = table[(table["source"] == "this run") & (table["protocol"] == "full")].iloc[0]
     assert ours["MN40"] == "91.2 ± 0.5" and ours["MN40 vote"] == "92.0 ± 0.0"
     assert ours["OBJ_BG"] == "80.0 ± 1.0" and ours["PB_T50_RS"] == "-"

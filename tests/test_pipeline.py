@@ -75,6 +75,10 @@ def test_dvc_repro_runs_every_stage_then_nothing(smoke_repo):
     pattern = r"^\d+\.\d (± \d+\.\d|\(n=1\))$"  # one seed at smoke size: no spread shown
     assert ours["MN40"].str.match(pattern).all() and ours["MN40 vote"].str.match(pattern).all()
     assert set(ours["method"]) == {"scratch (no pretraining)", "Ours (Stage-1 + Stage-2)"}
+    gst = json.loads((smoke_repo / "reports/results/classification.json").read_text())
+    gst = gst["scanobjectnn-pb_t50_rs__stage2__pointgst"]  # smoke: Ours + PointGST, one cell
+    assert 0 < gst["trainable_params"] < gst["total_params"] / 5
+    assert table3["method"].str.endswith("+ PointGST").any()
     claims = pd.read_csv(smoke_repo / "reports/tables/claims.csv")
     assert len(claims) >= 15 and claims["verdict"].notna().all()
     zeroshot_runs = json.loads((smoke_repo / "reports/results/zeroshot.json").read_text())

@@ -9,7 +9,13 @@ Protocols (ReCon / ACT names):
   move) and the global feature of every un-augmented training cloud is computed once; the
   backbone's head or one Linear layer is trained on those features. Upstream instead keeps the
   encoder in train mode and also trains ``cls_token`` / ``cls_pos``; the frozen variant is the
-  cleaner protocol (REFERENCE, "ReCon and ACT").
+  cleaner protocol (REFERENCE, "ReCon and ACT");
+- ``pointgst``: PointGST's parameter-efficient fine-tuning of a Point-MAE encoder
+  (``peft.pointgst``): the encoder's weights frozen, a spectral adapter per block, only the
+  adapters, cls token / position and head trained, with the dataset's full-protocol recipe
+  (upstream's PointGST recipe is Point-MAE's). The model stays in ``train()`` mode as upstream,
+  so the frozen tokenizer's BatchNorm statistics move; they are refreshed after training like
+  the ``full`` protocol's. Each run prints and records its trainable-parameter count.
 
 Inputs follow the upstream recipe (Point-MAE ``runner_finetune``) when ``recipe.fps_points``
 is set: every training step takes each stored cloud in a random order, runs FPS for
@@ -46,11 +52,12 @@ from torch import nn
 from torch.optim.swa_utils import update_bn
 
 from mmpd_core import engine
-from mmpd_core.config import ClassificationStage, Recipe, resolve, seed_refs
+from mmpd_core.config import ClassificationStage, PointGSTAdapters, Recipe, resolve, seed_refs
 from mmpd_core.data import transforms
 from mmpd_core.data.datasets import dataset_family
 from mmpd_core.geometry import farthest_point_sample, gather_points
 from mmpd_core.models import Backbone
+from mmpd_core.peft.pointgst import PointGST, point_gst
 from mmpd_core.tasks.features import checkpoint_name, frozen_features, load_pretrained, splits
 from mmpd_core.tasks.metrics import accuracy, summarise
 from mmpd_core.tracking import progress
@@ -150,10 +157,11 @@ def refresh_batchnorm(model: nn.Module, dataset, batch_size: int = 32, amp: str 
 
 def fine_tune(
     model, dataset, recipe: Recipe, *, seed: int, out_dir: Path, num_workers: int = 0,
-    stored=None,
+    stored=None, param_groups: list[dict] | None = None,
 ):  # fmt: skip
     """The ``full`` protocol: train every parameter with the recipe through the engine
-    (dvclive in ``out_dir/live``), then ``refresh_batchnorm`` over ``dataset``. With
+    (dvclive in ``out_dir/live``), then ``refresh_batchnorm`` over ``dataset``
+    (``param_groups``: the AdamW groups of what is trained, for ``pointgst``). With
     ``recipe.fps_points`` the steps read ``stored`` (the same clouds as stored) and resample
     them. The per-epoch checkpoints in ``out_dir`` let a run killed part-way resume exactly;
     they are deleted when it finishes (a table's grid holds hundreds of runs, a point_mae
@@ -165,7 +173,9 @@ def fine_tune(
         out_dir=str(out_dir), live_dir=str(out_dir / "live"),
     )  # fmt: skip
     train_set = stored if recipe.fps_points else dataset
-    result = engine.train(model, ClassifierStep(recipe), train_set, cfg, resume=True)
+    result = engine.train(
+        model, ClassifierStep(recipe), train_set, cfg, resume=True, param_groups=param_groups
+    )
     engine.remove_checkpoints(out_dir)
     refresh_batchnorm(model, dataset, amp=recipe.amp)
     return result
@@ -221,17 +231,40 @@ class Cell:
 
 def cells(cfg: ClassificationStage) -> list[Cell]:
     """Every (dataset, protocol, checkpoint) of a grid, in the order they run, less what
-    ``cfg.only`` leaves out of a checkpoint's row."""
-    grid = []
-    for dataset in cfg.datasets:
-        for protocol in cfg.protocols:
-            for checkpoint in cfg.checkpoints:
-                part = cfg.only.get(checkpoint, {})
-                if protocol in part.get("protocols", (protocol,)) and dataset in part.get(
-                    "datasets", (dataset,)
-                ):
-                    grid.append(Cell(checkpoint, dataset, protocol))
-    return grid
+    ``cfg.only`` leaves out of a checkpoint's row and ``cfg.protocol_only`` out of a
+    protocol's."""
+
+    def runs(cell: Cell) -> bool:
+        row = cfg.only.get(cell.checkpoint, {})
+        block = cfg.protocol_only.get(cell.protocol, {})
+        return (
+            cell.protocol in row.get("protocols", (cell.protocol,))
+            and cell.dataset in row.get("datasets", (cell.dataset,))
+            and cell.checkpoint in block.get("checkpoints", (cell.checkpoint,))
+            and cell.dataset in block.get("datasets", (cell.dataset,))
+        )
+
+    grid = [
+        Cell(checkpoint, dataset, protocol)
+        for dataset in cfg.datasets
+        for protocol in cfg.protocols
+        for checkpoint in cfg.checkpoints
+    ]
+    return [cell for cell in grid if runs(cell)]
+
+
+def adapted(model: Backbone, adapters: PointGSTAdapters) -> tuple[PointGST, dict]:
+    """``model`` (a Point-MAE encoder with its head) under fresh PointGST adapters, everything
+    but the adapters, cls token / position and head frozen; and its parameter counts."""
+    if model.arch != "point_mae":
+        raise ValueError(f"the pointgst protocol adapts point_mae encoders, not {model.arch!r}")
+    gst = point_gst(model, rank=adapters.rank, local=adapters.local)
+    gst.mark_trainable()
+    counts = {
+        "trainable_params": sum(p.numel() for p in gst.trainable_parameters()),
+        "total_params": sum(p.numel() for p in gst.parameters()),
+    }
+    return gst, counts
 
 
 def run_seed(cfg: ClassificationStage, cell: Cell, seed: int, cache: dict, run: str = "") -> dict:
@@ -254,19 +287,27 @@ def run_seed(cfg: ClassificationStage, cell: Cell, seed: int, cache: dict, run: 
         run, cfg.model, seed=seed, grouping=recipe.grouping,
         num_classes=classes, drop_path_rate=recipe.drop_path_rate,
     )  # fmt: skip
+    groups, counts = None, {}
+    if cell.protocol == "pointgst":
+        model, counts = adapted(model, cfg.pointgst)
+        groups = model.optimizer_groups(recipe.weight_decay)
+        print(f"{cell.tag} seed {seed}: PointGST trains {counts['trainable_params']:,} of "
+              f"{counts['total_params']:,} parameters")  # fmt: skip
     out_dir = resolve(cfg.out_dir) / cell.tag / f"seed{seed}"
     stored = (None, None)
     if recipe.fps_points:  # the clouds as stored: resampled every step and every vote
         stored = splits(cfg.data_manifest, cell.dataset, None, cache)[:2]
     result = fine_tune(model, train_set, recipe, seed=seed, out_dir=out_dir,
-                       num_workers=cfg.num_workers, stored=stored[0])  # fmt: skip
+                       num_workers=cfg.num_workers, stored=stored[0],
+                       param_groups=groups)  # fmt: skip
     votes = cfg.votes if recipe.vote else 0
     test = {"votes": votes, "seed": seed, "stored": stored[1]}
     plain, voted, labels = predict(model, test_set, recipe, **test)
     return {
         "seed": seed,
         "run": run,
-        "arch": model.arch,
+        "arch": model.encoder.arch if cell.protocol == "pointgst" else model.arch,
+        **counts,
         "acc": 100 * accuracy(plain, labels),
         "acc_vote": 100 * accuracy(voted, labels) if votes else math.nan,
         "train_acc": 100 * result.final["train/acc"],
@@ -331,6 +372,7 @@ def _run_cell(cfg: ClassificationStage, cell: Cell, cache: dict) -> dict:
         "seeds": rows,
         "n_seeds": len(rows),
         "pretrain_runs": len({row["run"] for row in rows}),
+        **{k: rows[0][k] for k in ("trainable_params", "total_params") if k in rows[0]},
         **summarise(rows),
     }
     return result
