@@ -31,6 +31,16 @@ global feature every downstream task reads, so Stage-2 trains every scale. Disti
 level (1: 256 x 192, where upstream's decoder ends) runs the student up to that level only: the
 local and the global term both read its tokens, and the coarser scales keep their Stage-1
 weights. The token shuffle permutes the distilled level's tokens.
+
+Order-sensitive encoders (PointMamba, a state-space model over Hilbert and trans-Hilbert
+serialisations of the centres) run unchanged: the student reads its visible patches in their
+serialised order (masking drops tokens from both sequences), because permuting an SSM's input
+would destroy the spatial order it reads and change the encoder, which the method does not do.
+The token shuffle acts where it acts on every backbone, in the local decoder (a transformer),
+on the encoder's outputs: slot contents are permuted before each slot's own centre is embedded,
+so a decoder cannot score on visible slots by copying its input. ``copy_cos_visible`` measures
+that shortcut; ``benchmarks/bench_mamba_shuffle.py`` compares it with and without the shuffle on
+``point_mamba_small`` beside the Point-MAE pair (README, "PointMamba").
 """
 
 from __future__ import annotations

@@ -17,6 +17,7 @@ from mmpd_core.models.point_mae import PointMAE, PointMAEConfig
 from mmpd_core.tasks import classification, features, fewshot, metrics
 
 SMALL = PointMAEConfig(trans_dim=32, depth=1, num_heads=2, num_groups=16, group_size=16)
+SMALL_HEAD = lambda: PointMAE(dataclasses.replace(SMALL, num_classes=3)).head  # noqa: E731
 RECIPE = config.Recipe(
     num_points=256, fps_points=0, vote=True, augment="scale_translate", epochs=3, batch_size=8,
     lr=1e-3,
@@ -77,6 +78,33 @@ def test_feature_memo_runs_the_encoder_once_per_distinct_cloud(monkeypatch):
     assert (
         labels_a.tolist() == labels[:8].tolist() and labels_b.tolist() == (labels[4:] + 1).tolist()
     )
+
+
+def test_mask_dropout_keeps_one_minus_p_scaled_and_is_the_identity_in_eval():
+    x = torch.ones(200, 500, requires_grad=True)
+    drop = classification.MaskDropout(0.25, np.random.default_rng(0))
+    y = drop(x)
+    assert torch.equal(y.unique(), torch.tensor([0.0, 4 / 3]))
+    assert abs((y > 0).float().mean().item() - 0.75) < 0.01
+    y.sum().backward()
+    assert torch.equal(x.grad, (y > 0).float() * (4 / 3))  # gradient through the kept units
+    again = classification.MaskDropout(0.25, np.random.default_rng(0))(torch.ones(200, 500))
+    assert torch.equal(again, y.detach())  # the seed fixes the masks
+    assert drop.eval()(x) is x
+    head = classification.with_mask_dropout(SMALL_HEAD(), np.random.default_rng(0))
+    kinds = [type(m).__name__ for m in head]
+    assert kinds.count("MaskDropout") == 2 and "Dropout" not in kinds
+
+
+def test_head_training_is_seeded():
+    feats, labels = torch.randn(40, 64), torch.arange(40) % 3
+    encoder = PointMAE(dataclasses.replace(SMALL, num_classes=0))
+    recipe = dataclasses.replace(RECIPE, head_epochs=20, amp="bf16")
+    heads = [classification.train_head("mlp3", feats, labels, 3, encoder, recipe, 7) for _ in "ab"]
+    first, second = (h.state_dict() for h in heads)
+    assert all(torch.equal(first[k], second[k]) for k in first)
+    other = classification.train_head("mlp3", feats, labels, 3, encoder, recipe, 8)
+    assert not torch.equal(heads[0][0].weight, other[0].weight)
 
 
 def test_votes_average_augmented_passes_and_never_take_a_max():

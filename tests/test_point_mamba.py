@@ -273,13 +273,31 @@ def test_chunked_scan_equals_the_recurrence_both_ways(chunk):
 
 
 @pytest.mark.parametrize("block", [1 << 19, 40])  # all channels in one block; one per block
-def test_selective_scan_gradcheck(monkeypatch, block):
+@pytest.mark.parametrize("kept", [0, 1 << 23])  # states recomputed in the backward / kept
+def test_selective_scan_gradcheck(monkeypatch, block, kept):
     monkeypatch.setattr(scan_module, "BLOCK_ELEMENTS", block)
+    monkeypatch.setattr(scan_module, "SAVE_STATES_MAX", kept)
     args = scan_args(batch=2, channels=3, length=7, states=2, dtype=torch.float64)
     names = list(args)
     leaves = tuple(v.requires_grad_(True) for v in args.values())
     scan = lambda *xs: selective_scan(**dict(zip(names, xs, strict=True)), delta_softplus=True)  # noqa: E731
     assert torch.autograd.gradcheck(scan, leaves)
+
+
+def test_kept_and_recomputed_states_give_identical_gradients(monkeypatch):
+    args = scan_args(batch=2, channels=6, length=21)
+    calls, states = [], scan_module._states
+    monkeypatch.setattr(scan_module, "_states", lambda *a: calls.append(1) or states(*a))
+    monkeypatch.setattr(scan_module, "BLOCK_ELEMENTS", 21 * 2 * 4 * 2)  # 3 blocks of 2 channels
+    grads = []
+    for kept in (0, 1 << 23):
+        monkeypatch.setattr(scan_module, "SAVE_STATES_MAX", kept)
+        calls.clear()
+        leaves = {k: v.clone().requires_grad_(True) for k, v in args.items()}
+        (selective_scan(**leaves, delta_softplus=True) * torch.linspace(-1, 1, 21)).sum().backward()
+        grads.append({k: v.grad for k, v in leaves.items()})
+        assert len(calls) == (6 if kept == 0 else 3)  # the backward recomputes, or not
+    assert all(torch.equal(grads[0][k], grads[1][k]) for k in args)
 
 
 def test_importing_never_needs_mamba_ssm_and_cpu_never_calls_it(monkeypatch):

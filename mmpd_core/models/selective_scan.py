@@ -13,8 +13,10 @@ float64) and returns u's dtype.
 - ``selective_scan``: the same through ``chunked_scan``, a parallel scan over chunks in
   time-major layout (every step a contiguous slice), inside an autograd function with a
   hand-written backward (the adjoint recurrence, run backwards). Like the CUDA kernel it
-  keeps no (L, batch, E, N) tensor for the backward pass, recomputing the states instead;
-  on CPU it works on blocks of channels small enough to stay in cache.
+  recomputes the states in the backward pass rather than keeping the (L, batch, E, N) tensor,
+  unless that tensor is small (``SAVE_STATES_MAX`` elements: the embedded model's scans, where
+  the recomputation costs a third of the backward pass and the memory is tens of MB); on CPU
+  it works on blocks of channels small enough to stay in cache.
 
 On a CUDA tensor ``selective_scan`` uses ``mamba_ssm``'s kernel when that package imports;
 nothing imports it otherwise, so the package never needs CUDA or a compiler.
@@ -31,6 +33,8 @@ import torch.nn.functional as F
 from mmpd_core.geometry import _autocast_off
 
 BLOCK_ELEMENTS = 1 << 19  # CPU: states of a channel block (2 MB in float32) stay in cache
+SAVE_STATES_MAX = 1 << 23  # states (and decays) of at most this many elements are kept for
+# the backward pass (2 x 32 MB in float32); larger scans recompute them there
 
 
 def _compute_dtype(x: torch.Tensor) -> torch.dtype:
@@ -158,25 +162,32 @@ class _SelectiveScan(torch.autograd.Function):
     @staticmethod
     def forward(ctx, delta, u, A, B, C):
         y = delta.new_empty(delta.shape)  # (L, b, E)
+        keep = any(ctx.needs_input_grad) and delta.numel() * A.shape[1] <= SAVE_STATES_MAX
+        kept = []  # (decay, states) per channel block, for the backward pass
         for part in _channel_blocks(delta, A.shape[1]):
-            _, states = _states(delta[..., part], u[..., part], A[part], B)
+            decay, states = _states(delta[..., part], u[..., part], A[part], B)
             y[..., part] = torch.einsum("lben,lbn->lbe", states, C)
+            if keep:
+                kept.append((decay, states))
         ctx.save_for_backward(delta, u, A, B, C)
+        ctx.kept = kept or None  # intermediates, not inputs or outputs: safe on ctx
         return y
 
     @staticmethod
     @torch.autograd.function.once_differentiable
     def backward(ctx, gy):
+        kept, ctx.kept = ctx.kept, None
         with _autocast_off(gy.device):
-            return _SelectiveScan.gradients(gy, *ctx.saved_tensors)
+            return _SelectiveScan.gradients(gy, *ctx.saved_tensors, kept=kept)
 
     @staticmethod
-    def gradients(gy, delta, u, A, B, C):
+    def gradients(gy, delta, u, A, B, C, kept=None):
+        """``kept``: the forward pass's (decay, states) per channel block, else recomputed."""
         g_delta, g_u, g_A = torch.zeros_like(delta), torch.empty_like(u), torch.empty_like(A)
         g_B, g_C = torch.zeros_like(B), torch.zeros_like(C)
-        for part in _channel_blocks(delta, A.shape[1]):
+        for i, part in enumerate(_channel_blocks(delta, A.shape[1])):
             d, x, a, gy_part = delta[..., part], u[..., part], A[part], gy[..., part]
-            decay, states = _states(d, x, a, B)  # recomputed, (L, b, e, N)
+            decay, states = kept[i] if kept else _states(d, x, a, B)  # (L, b, e, N)
             g = chunked_scan(decay[1:], gy_part.unsqueeze(-1) * C.unsqueeze(2), reverse=True)
             g_C += torch.einsum("lben,lbe->lbn", states, gy_part)
             k = g[1:] * states[:-1] * decay[1:]  # (L-1, b, e, N); s_{-1} = 0 at t = 0

@@ -45,6 +45,7 @@ import json
 import math
 from pathlib import Path
 
+import numpy as np
 import pandas as pd
 import torch
 import torch.nn.functional as F
@@ -102,21 +103,52 @@ def make_head(protocol: str, encoder: Backbone, num_classes: int) -> nn.Module:
     return encoder.make_head(num_classes)
 
 
+class MaskDropout(nn.Module):
+    """``nn.Dropout`` whose masks come from NumPy's PCG64 generator ``rng`` instead of torch's
+    ``bernoulli_``: the same distribution (each unit kept with probability 1 - p, kept units
+    scaled by 1 / (1 - p)), drawn ~10x faster on CPU. In the MLP-3 head's full-batch step
+    drawing torch's two masks took longer than the matmuls (``train_head``)."""
+
+    def __init__(self, p: float, rng: np.random.Generator):
+        super().__init__()
+        self.p, self.rng = p, rng
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if not self.training or self.p == 0:
+            return x
+        keep = torch.from_numpy(self.rng.random(tuple(x.shape), dtype=np.float32) >= self.p)
+        return x * keep.to(x.device) * (1.0 / (1.0 - self.p))
+
+
+def with_mask_dropout(module: nn.Module, rng: np.random.Generator) -> nn.Module:
+    """``module`` with every ``nn.Dropout`` replaced by a ``MaskDropout`` of the same p."""
+    for name, child in module.named_children():
+        if isinstance(child, nn.Dropout):
+            setattr(module, name, MaskDropout(child.p, rng))
+        else:
+            with_mask_dropout(child, rng)
+    return module
+
+
 def train_head(
     protocol: str, feats, labels, num_classes: int, encoder: Backbone, recipe: Recipe, seed: int
 ) -> nn.Module:
     """``make_head`` initialised from ``seed``, then full-batch AdamW (fused: one kernel per
-    step) with a cosine schedule on cached features (frozen protocols); the head comes back in
-    eval mode."""
+    step) with a cosine schedule on cached features (frozen protocols), under the recipe's
+    autocast, dropout masks from a generator seeded by ``seed`` (``MaskDropout``); the head
+    comes back in eval mode."""
     torch.manual_seed(seed)
     head = make_head(protocol, encoder, num_classes).to(feats.device)
+    head = with_mask_dropout(head, np.random.default_rng(seed))
     optimizer = torch.optim.AdamW(
         head.parameters(), lr=recipe.head_lr, weight_decay=recipe.weight_decay, fused=True
     )
     schedule = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, recipe.head_epochs)
     head.train()
     for _ in range(recipe.head_epochs):
-        loss = F.cross_entropy(head(feats), labels)
+        with engine.autocast_context(feats.device, engine.AMP_DTYPES[recipe.amp]):
+            logits = head(feats)
+        loss = F.cross_entropy(logits.float(), labels)
         optimizer.zero_grad()
         loss.backward()
         optimizer.step()
