@@ -80,6 +80,30 @@ def test_feature_memo_runs_the_encoder_once_per_distinct_cloud(monkeypatch):
     )
 
 
+def test_a_pointgst_cell_tunes_adapters_and_never_trains_a_frozen_head(monkeypatch, tmp_path):
+    data = CloudDataset(*clouds(4), 256)
+    monkeypatch.setattr(classification, "splits", lambda *args: (data, data, 3))
+    monkeypatch.setattr(
+        classification, "load_pretrained",
+        lambda *args, **kwargs: PointMAE(dataclasses.replace(SMALL, num_classes=3)),
+    )  # fmt: skip
+
+    def frozen(*args):
+        raise AssertionError("a pointgst cell took the frozen-head path")
+
+    monkeypatch.setattr(classification, "frozen_features", frozen)
+    grid = dataclasses.replace(
+        config.load("classification", smoke=True), out_dir=str(tmp_path), votes=0,
+        recipes={"modelnet40": dataclasses.replace(RECIPE, epochs=1)},
+        pointgst=config.PointGSTAdapters(rank=4, local=8),
+    )  # fmt: skip
+    row = classification.run_seed(
+        grid, classification.Cell("stage2", "modelnet40", "pointgst"), 0, {}
+    )
+    assert 0 < row["trainable_params"] < row["total_params"] and row["wall_time_s"] > 0
+    assert row["arch"] == "point_mae"
+
+
 def test_mask_dropout_keeps_one_minus_p_scaled_and_is_the_identity_in_eval():
     x = torch.ones(200, 500, requires_grad=True)
     drop = classification.MaskDropout(0.25, np.random.default_rng(0))

@@ -64,6 +64,7 @@ from mmpd_core.tasks.metrics import accuracy, summarise
 from mmpd_core.tracking import progress
 
 AUGMENTS = {"scale_translate": transforms.scale_translate, "rotate_up": transforms.rotate_up}
+FROZEN = ("mlp3", "linear")  # protocols that train a head on cached features; the others tune
 
 
 def augment(points: torch.Tensor, recipe: Recipe, generator: torch.Generator) -> torch.Tensor:
@@ -306,7 +307,7 @@ def run_seed(cfg: ClassificationStage, cell: Cell, seed: int, cache: dict, run: 
     recipe = cfg.recipes[dataset_family(cell.dataset)]
     data = splits(cfg.data_manifest, cell.dataset, recipe.num_points, cache)
     train_set, test_set, classes = data
-    if cell.protocol != "full":
+    if cell.protocol in FROZEN:
         (feats, labels), (test_feats, test_labels), encoder = frozen_features(
             run, cfg.model, cell.dataset, recipe, data, cache
         )
@@ -369,7 +370,7 @@ def reusable(cfg: ClassificationStage, cell: Cell) -> dict | None:
         **{k: done.get(k) for k in expected},
         "seeds": [(r["seed"], r["run"]) for r in done["seeds"]],
     }
-    if found != expected or (cell.protocol == "full" and done["votes"] != cfg.votes):
+    if found != expected or (cell.protocol not in FROZEN and done["votes"] != cfg.votes):
         return None
     return {**done, "votes": cfg.votes, "reused_from": f"{cfg.reuse}/{cell.tag}.json"}
 
