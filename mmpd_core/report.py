@@ -9,6 +9,7 @@ the machine. Accuracies are "mean ± std" over seeds (or folds), in percent.
 
 from __future__ import annotations
 
+import functools
 import json
 from pathlib import Path
 
@@ -146,6 +147,7 @@ def table1(fewshot: dict) -> pd.DataFrame:
     return pd.DataFrame(frame).fillna("-")
 
 
+@functools.cache  # one meta-device build per (architecture, protocol), not per table row
 def paper_params(arch: str, protocol: str = "full") -> str:
     """Parameters (millions) of ``arch`` at paper size, counted as the paper's #P column
     counts them: the fine-tune model (40 classes), except for Point-M2AE, whose 15.3 M is the

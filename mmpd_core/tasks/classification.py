@@ -105,8 +105,8 @@ def make_head(protocol: str, encoder: Backbone, num_classes: int) -> nn.Module:
 
 
 class MaskDropout(nn.Module):
-    """``nn.Dropout`` whose masks come from NumPy's PCG64 generator ``rng`` instead of torch's
-    ``bernoulli_``: the same distribution (each unit kept with probability 1 - p, kept units
+    """``nn.Dropout`` for CPU tensors, its masks drawn by NumPy's PCG64 generator ``rng``, not
+    torch's ``bernoulli_``: the same distribution (each unit kept with probability 1 - p, kept units
     scaled by 1 / (1 - p)), drawn ~10x faster on CPU. In the MLP-3 head's full-batch step
     drawing torch's two masks took longer than the matmuls (``train_head``)."""
 
@@ -118,7 +118,7 @@ class MaskDropout(nn.Module):
         if not self.training or self.p == 0:
             return x
         keep = torch.from_numpy(self.rng.random(tuple(x.shape), dtype=np.float32) >= self.p)
-        return x * keep.to(x.device) * (1.0 / (1.0 - self.p))
+        return x * keep * (1.0 / (1.0 - self.p))
 
 
 def with_mask_dropout(module: nn.Module, rng: np.random.Generator) -> nn.Module:
@@ -136,11 +136,12 @@ def train_head(
 ) -> nn.Module:
     """``make_head`` initialised from ``seed``, then full-batch AdamW (fused: one kernel per
     step) with a cosine schedule on cached features (frozen protocols), under the recipe's
-    autocast, dropout masks from a generator seeded by ``seed`` (``MaskDropout``); the head
-    comes back in eval mode."""
+    autocast, dropout masks on CPU from a generator seeded by ``seed`` (``MaskDropout``); the
+    head comes back in eval mode."""
     torch.manual_seed(seed)
     head = make_head(protocol, encoder, num_classes).to(feats.device)
-    head = with_mask_dropout(head, np.random.default_rng(seed))
+    if feats.device.type == "cpu":  # on a GPU torch's masks are fast and stay on the device
+        head = with_mask_dropout(head, np.random.default_rng(seed))
     optimizer = torch.optim.AdamW(
         head.parameters(), lr=recipe.head_lr, weight_decay=recipe.weight_decay, fused=True
     )
@@ -291,7 +292,7 @@ def adapted(model: Backbone, adapters: PointGSTAdapters) -> tuple[PointGST, dict
     but the adapters, cls token / position and head frozen; and its parameter counts."""
     if model.arch != "point_mae":
         raise ValueError(f"the pointgst protocol adapts point_mae encoders, not {model.arch!r}")
-    gst = point_gst(model, rank=adapters.rank, local=adapters.local)
+    gst = point_gst(model, **dataclasses.asdict(adapters))
     gst.mark_trainable()
     counts = {
         "trainable_params": sum(p.numel() for p in gst.trainable_parameters()),
@@ -320,7 +321,7 @@ def run_seed(cfg: ClassificationStage, cell: Cell, seed: int, cache: dict, run: 
         run, cfg.model, seed=seed, grouping=recipe.grouping,
         num_classes=classes, drop_path_rate=recipe.drop_path_rate,
     )  # fmt: skip
-    groups, counts = None, {}
+    arch, groups, counts = model.arch, None, {}
     if cell.protocol == "pointgst":
         model, counts = adapted(model, cfg.pointgst)
         groups = model.optimizer_groups(recipe.weight_decay)
@@ -339,7 +340,7 @@ def run_seed(cfg: ClassificationStage, cell: Cell, seed: int, cache: dict, run: 
     return {
         "seed": seed,
         "run": run,
-        "arch": model.encoder.arch if cell.protocol == "pointgst" else model.arch,
+        "arch": arch,
         **counts,
         "acc": 100 * accuracy(plain, labels),
         "acc_vote": 100 * accuracy(voted, labels) if votes else math.nan,
