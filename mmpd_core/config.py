@@ -213,8 +213,9 @@ class Recipe(Schedule):
     drop_path_rate: float
     head_epochs: int  # frozen protocols: full-batch epochs of the head on cached features
     head_lr: float
-    # per architecture: its config at this cloud size (num_groups; M2AE pooling, group_sizes)
-    grouping: dict[str, dict[str, int | str | tuple[int, ...]]]
+    # per architecture: its config at this cloud size (num_groups; M2AE pooling, group_sizes),
+    # and any setting of its own recipe (PointMamba's drop_path_rate), over the family's
+    grouping: dict[str, dict[str, int | float | str | tuple[int, ...]]]
 
 
 Protocol = Literal["full", "mlp3", "linear"]

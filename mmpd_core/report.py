@@ -34,6 +34,9 @@ LABELS = {
     "stage2:m2ae": "Ours (Point-M2AE)",
     "stage1:m2ae": "Stage-1 only (Point-M2AE)",
     "stage2:m2ae_point_targets": "Point-M2AE + Stage-2 with point targets",
+    "stage2:point_mamba": "PointMamba baseline",
+    "stage2:mamba": "Ours (PointMamba)",
+    "stage1:mamba": "Stage-1 only (PointMamba)",
 }
 DATASET_COLUMNS = {  # (dataset, variant) -> column
     ("modelnet40", ""): "MN40",
@@ -53,6 +56,8 @@ PAPER_TABLE3 = {  # protocol -> method -> OBJ_BG, OBJ_ONLY, PB_T50_RS, MN40, MN4
         "Ours (Point-MAE)": ("95.20", "93.73", "90.10", "94.0", "94.5"),
         "Point-M2AE": ("91.22", "88.81", "86.43", "93.4", "94.0"),
         "Ours (Point-M2AE)": ("96.10", "94.25", "91.20", "94.3", "94.6"),
+        "PointMamba": ("94.32", "92.60", "89.31", "-", "-"),
+        "Ours (PointMamba)": ("95.15", "93.19", "90.11", "-", "-"),
     },
     "linear": {
         "Point-MAE": ("82.77±0.30", "83.23±0.16", "74.13±0.21", "91.22±0.26", "-"),
@@ -84,7 +89,8 @@ TABLE7_ROWS = {  # run -> (backbone, target, paper MN40): the paper's left and r
 }
 PAPER_PARAMS = {"Point-MAE": "22.1", "Ours (Point-MAE)": "22.1", "Point-M2AE": "15.3",
                 "Ours (Point-M2AE)": "15.3", "ReCon + PointGST": "44.2",
-                "Ours (Point-MAE) + PointGST": "22.7"}  # fmt: skip
+                "Ours (Point-MAE) + PointGST": "22.7", "PointMamba": "12.3",
+                "Ours (PointMamba)": "12.1"}  # fmt: skip
 TABLE8_ROWS = {  # paper MN40, ScanObjectNN (PB_T50_RS, as Table 3's "Ours" 90.1 shows)
     "stage2:joint": ("Joint training (single stage)", "92.2", "82.78"),
     "stage1:after_point_mae": ("Stage-2 -> Stage-1 (reversed order)", "93.6", "87.1"),

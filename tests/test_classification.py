@@ -307,6 +307,12 @@ def test_checkpoints_load_by_kind_and_fail_clearly(tmp_path):
     assert loaded.config.trans_dim == 32 and loaded.head is not None
     grouped = features.load_pretrained(str(tmp_path), "point_mae_tiny", grouping=RECIPE.grouping)
     assert grouped.config.num_groups == 16
+    # an architecture's own recipe setting beats the family's (PointMamba's drop path)
+    own = {"point_mae": {"drop_path_rate": 0.5}, "point_mamba": {"drop_path_rate": 0.3}}
+    for model, rate in (("point_mae_tiny", 0.5), ("point_mamba_tiny", 0.3)):
+        checkpoint = str(tmp_path) if model == "point_mae_tiny" else "scratch"
+        loaded = features.load_pretrained(checkpoint, model, grouping=own, drop_path_rate=0.1)
+        assert loaded.config.drop_path_rate == rate
     with pytest.raises(FileNotFoundError, match="no pretrained encoder"):
         features.load_pretrained(str(tmp_path / "missing"), "point_mae_tiny")
     with pytest.raises(ValueError, match="unknown dataset"):

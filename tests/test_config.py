@@ -84,6 +84,7 @@ def test_sections_merge_deeply_in_order(tmp_path):
     assert paper.grouping == {
         "point_mae": {"num_groups": 128},
         "point_m2ae": {"pooling": "scanobjectnn", "group_sizes": (32, 16, 16)},
+        "point_mamba": {"num_groups": 128, "drop_path_rate": 0.5},
     }
     assert paper.grad_clip == 10.0
     few = config.load("fewshot", smoke=False, params_path=paper_file).recipe  # over modelnet40

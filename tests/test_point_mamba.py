@@ -242,6 +242,16 @@ def test_parallel_scan_equals_the_sequential_reference(length):
     torch.testing.assert_close(selective_scan(**plain), selective_scan_ref(**plain))
 
 
+def test_no_grad_scan_in_channel_blocks_equals_the_reference(monkeypatch):
+    """Without grad the scan reads out per step, in blocks of NO_GRAD_BLOCK_ELEMENTS."""
+    args = scan_args(batch=2, channels=5, length=13)
+    expected = selective_scan_ref(**args, delta_softplus=True)
+    for block in (13 * 2 * 4, 1 << 23):  # one channel per block; all in one
+        monkeypatch.setattr(scan_module, "NO_GRAD_BLOCK_ELEMENTS", block)
+        with torch.no_grad():
+            torch.testing.assert_close(selective_scan(**args, delta_softplus=True), expected)
+
+
 def test_parallel_scan_gradients_equal_the_references():
     args = scan_args(length=19)
     grads = []
@@ -272,6 +282,24 @@ def test_chunked_scan_equals_the_recurrence_both_ways(chunk):
     torch.testing.assert_close(reverse, torch.stack(backward))
 
 
+@pytest.mark.parametrize("chunk", [None, 1, 3, 16])
+def test_chunked_scan_rate_and_readout_equal_the_plain_scan(chunk):
+    """coef = exp(r A): chunk totals from one exp of summed rates (including the padding of a
+    last, shorter chunk); readout: Σ_N h R without writing h. Both ways of scanning."""
+    gen = torch.Generator().manual_seed(1)
+    r = torch.rand(11, 2, 3, generator=gen)  # (L, b, e) rates (Δ)
+    a = -torch.rand(3, 4, generator=gen) * 3  # (e, N)
+    x = torch.randn(11, 2, 3, 4, generator=gen)
+    readout = torch.randn(11, 2, 4, generator=gen)  # (L, b, N)
+    coef = (r.unsqueeze(-1) * a).exp()
+    for reverse, (c, rates) in ((False, (coef, r)), (True, (coef[1:], r[1:]))):
+        plain = chunked_scan(c, x, chunk, reverse=reverse)
+        fast = chunked_scan(c, x, chunk, reverse=reverse, rate=(rates, a))
+        torch.testing.assert_close(fast, plain)
+        read = chunked_scan(c, x, chunk, reverse=reverse, rate=(rates, a), readout=readout)
+        torch.testing.assert_close(read, (plain * readout.unsqueeze(2)).sum(-1))
+
+
 @pytest.mark.parametrize("block", [1 << 19, 40])  # all channels in one block; one per block
 @pytest.mark.parametrize("kept", [0, 1 << 23])  # states recomputed in the backward / kept
 def test_selective_scan_gradcheck(monkeypatch, block, kept):
@@ -286,8 +314,8 @@ def test_selective_scan_gradcheck(monkeypatch, block, kept):
 
 def test_kept_and_recomputed_states_give_identical_gradients(monkeypatch):
     args = scan_args(batch=2, channels=6, length=21)
-    calls, states = [], scan_module._states
-    monkeypatch.setattr(scan_module, "_states", lambda *a: calls.append(1) or states(*a))
+    calls, states = [], scan_module._decay_drive
+    monkeypatch.setattr(scan_module, "_decay_drive", lambda *a: calls.append(1) or states(*a))
     monkeypatch.setattr(scan_module, "BLOCK_ELEMENTS", 21 * 2 * 4 * 2)  # 3 blocks of 2 channels
     grads = []
     for kept in (0, 1 << 23):

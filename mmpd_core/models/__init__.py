@@ -62,6 +62,7 @@ MODELS: dict[str, ModelEntry] = {
     "point_m2ae_small": ModelEntry("point_m2ae", "small", point_m2ae.point_m2ae_small, 0.95),
     "point_mamba": ModelEntry("point_mamba", "paper", point_mamba.point_mamba, 12.30),
     "point_mamba_small": ModelEntry("point_mamba", "small", point_mamba.point_mamba_small, 0.94),
+    "point_mamba_tiny": ModelEntry("point_mamba", "tiny", point_mamba.point_mamba_tiny, 0.68),
 }
 ARCHITECTURES: dict[str, type[Backbone]] = {
     "point_mae": point_mae.PointMAE,

@@ -26,8 +26,9 @@ UPSTREAM_SUFFIXES = (".pth", ".pt", ".ckpt")
 def load_pretrained(
     checkpoint: str, model: str, *, seed: int = 0, grouping: dict | None = None, **overrides
 ) -> Backbone:
-    """The encoder of ``checkpoint`` (see the module docstring). ``grouping[arch]`` and then
-    ``overrides`` replace config fields that hold no weights (``num_classes`` adds a fresh
+    """The encoder of ``checkpoint`` (see the module docstring). ``overrides`` and then
+    ``grouping[arch]`` (an architecture's own settings in a recipe, e.g. PointMamba's drop path
+    on ScanObjectNN) replace config fields that hold no weights (``num_classes`` adds a fresh
     head). ``seed`` fixes what the checkpoint does not hold (all of a scratch encoder, a new
     head); the global RNG is left as it was."""
     path = None if checkpoint == "scratch" else resolve_run(checkpoint)
@@ -35,7 +36,7 @@ def load_pretrained(
         raise FileNotFoundError(f"{path}: no pretrained encoder (run its pretraining stage)")
     upstream = path is not None and path.suffix in UPSTREAM_SUFFIXES
     arch = arch_of(model) if path is None or upstream else checkpoint_arch(path)
-    overrides = {**(grouping or {}).get(arch, {}), **overrides}
+    overrides = {**overrides, **(grouping or {}).get(arch, {})}
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
         if path is not None and not upstream:
