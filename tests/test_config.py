@@ -1,4 +1,5 @@
 import json
+import shlex
 
 import pytest
 import yaml
@@ -108,24 +109,37 @@ def test_repository_params_load():
                 config.load(stage, smoke=smoke, variant=variant)
 
 
+def variant_stages(pipeline: dict) -> dict[str, dict[str, list[str]]]:
+    """{pretrain_stage1 | pretrain_stage2: {dvc stage: the variants its notebook runs}}: the
+    stages that run a pretraining notebook with ``-p variant a,b,...``."""
+    notebooks = {"notebooks/10_pretrain_stage1.ipynb": "pretrain_stage1",
+                 "notebooks/20_pretrain_stage2.ipynb": "pretrain_stage2"}  # fmt: skip
+    found = {section: {} for section in notebooks.values()}
+    for name, stage in pipeline.items():
+        argv = shlex.split(stage["cmd"])
+        section = next((notebooks[a] for a in argv if a in notebooks), None)
+        if section and "variant" in argv:
+            found[section][name] = argv[argv.index("variant") + 1].split(",")
+    return found
+
+
 def test_every_variant_in_params_is_a_dvc_stage_writing_where_config_says():
-    """dvc.yaml's foreach lists and params.yaml's variants must name the same runs."""
+    """dvc.yaml's variant groups and params.yaml's variants must name the same runs, each
+    with its params section, output and metrics declared by the stage that runs it."""
     pipeline = yaml.safe_load((config.PROJECT_ROOT / "dvc.yaml").read_text())["stages"]
-    groups = {"pretrain_stage1": ["stage1_variant"], "pretrain_stage2": ["stage2_variant"]}
-    for stage, names in groups.items():
-        run = [v for n in names for v in pipeline[n]["foreach"]]  # list items or dict keys
-        assert sorted(run) == sorted(config.variant_names(stage)), stage
-        assert len(run) == len(set(run)), f"a {stage} variant runs twice"
-        for variant in run:
-            cfg = config.load(stage, smoke=False, variant=variant)
-            name = next(n for n in names if variant in pipeline[n]["foreach"])
-            outs = [
-                o if isinstance(o, str) else next(iter(o)) for o in pipeline[name]["do"]["outs"]
-            ]
-            key = "${key}" if isinstance(pipeline[name]["foreach"], dict) else "${item}"
-            assert cfg.out_dir in [o.replace(key, variant) for o in outs]
-            metrics = [next(iter(m)) for m in pipeline[name]["do"]["metrics"]]
-            assert f"{cfg.live_dir}/metrics.json" in [m.replace(key, variant) for m in metrics]
+    for section, stages in variant_stages(pipeline).items():
+        run = [v for names in stages.values() for v in names]
+        assert sorted(run) == sorted(config.variant_names(section)), section
+        assert len(run) == len(set(run)), f"a {section} variant runs twice"
+        for name, variants in stages.items():
+            stage = pipeline[name]
+            outs = [o if isinstance(o, str) else next(iter(o)) for o in stage["outs"]]
+            metrics = [next(iter(m)) for m in stage["metrics"]]
+            for variant in variants:
+                cfg = config.load(section, smoke=False, variant=variant)
+                assert cfg.out_dir in outs, (name, variant)
+                assert f"{cfg.live_dir}/metrics.json" in metrics, (name, variant)
+                assert f"variants.{section}.{variant}" in stage["params"], (name, variant)
 
 
 def test_paper_profile_is_one_switch_that_keeps_every_path(tmp_path):

@@ -104,10 +104,11 @@ def config_loads(notebook: Path) -> list[str]:
 def test_stage_declares_every_params_key_it_reads(stage):
     loads = config_loads(REPO_ROOT / stage["notebook"])
     assert loads, f"{stage['notebook']} loads no config"
-    variant = stage["parameters"].get("variant", "")
+    variants = stage["parameters"].get("variant", "").split(",")  # a group: a,b,...
     read = set()
     for name in loads:
-        read |= config.params_read(name, variant=variant)
+        for variant in variants:
+            read |= config.params_read(name, variant=variant)
     declared = stage["params"]
     missing = sorted(k for k in read if not any(k == d or k.startswith(d + ".") for d in declared))
     assert not missing, f"{stage['name']}: add to its params in dvc.yaml: {missing}"

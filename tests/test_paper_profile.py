@@ -9,6 +9,7 @@ paper-profile configs are loaded and checked by ``test_config``, and the embedde
 runs them end to end, so they are left out here (a paper-size run costs ~17 s of the suite)."""
 
 import json
+import shlex
 import shutil
 
 import numpy as np
@@ -22,21 +23,45 @@ from mmpd_core.data import prep, readers
 from mmpd_core.data.shapes import CATEGORIES, sample_shape
 
 SYNSETS = ("02691156", "02747177", "02808440")  # three ShapeNet synset ids
-ABLATION_ONLY = {  # foreach stage -> variants only the ablation grid reads
-    "stage1_variant": ("clip_like", "dino_like", "after_point_mae"),
-    "stage2_variant": ("no_global", "no_shuffle", "local_only", "global_only", "point_targets",
-                       "random_init", "joint", "clip_like", "dino_like", "m2ae_point_targets"),
+ABLATION_ONLY = {  # pretraining notebook -> variants only the ablation grid reads
+    "10_pretrain_stage1": ("clip_like", "dino_like", "after_point_mae"),
+    "20_pretrain_stage2": ("no_global", "no_shuffle", "local_only", "global_only",
+                           "point_targets", "random_init", "joint", "clip_like", "dino_like",
+                           "m2ae_point_targets"),
 }  # fmt: skip
 
 
 def drop_ablation_variants(repo):
-    """Remove ``ABLATION_ONLY`` from the copy's dvc.yaml; the ablation grid keeps the rest."""
+    """Remove ``ABLATION_ONLY`` from the variant groups of the copy's dvc.yaml: their
+    ``-p variant`` names, params, deps, outs, metrics and plots (a group left empty goes)."""
     path = repo / "dvc.yaml"
     pipeline = yaml.safe_load(path.read_text())
-    for stage, names in ABLATION_ONLY.items():
-        for name in names:
-            del pipeline["stages"][stage]["foreach"][name]
+    dropped = set()
+    for notebook, names in ABLATION_ONLY.items():
+        kind = "stage1" if "stage1" in notebook else "stage2"
+        dropped |= {f"{kind}_variants/{v}" for v in names}
+        dropped |= {f"variants.pretrain_{kind}.{v}" for v in names}
+    for name, stage in list(pipeline["stages"].items()):
+        argv = shlex.split(stage["cmd"])
+        notebook = next((n for n in ABLATION_ONLY if f"notebooks/{n}.ipynb" in argv), None)
+        if notebook is None or "variant" not in argv:
+            continue
+        at = argv.index("variant") + 1
+        keep = [v for v in argv[at].split(",") if v not in ABLATION_ONLY[notebook]]
+        if not keep:
+            del pipeline["stages"][name]
+            continue
+        argv[at] = ",".join(keep)
+        stage["cmd"] = shlex.join(argv)
+        for field in ("params", "deps", "outs", "metrics", "plots"):
+            stage[field] = [e for e in stage.get(field, []) if kept(e, dropped)]
     path.write_text(yaml.safe_dump(pipeline, sort_keys=False))
+
+
+def kept(entry, dropped: set[str]) -> bool:
+    """Whether a dvc.yaml params / outs / metrics / plots entry belongs to no dropped run."""
+    path = entry if isinstance(entry, str) else next(iter(entry))
+    return not any(path == d or path.endswith(f"/{d}") or f"{d}/" in path for d in dropped)
 
 
 def surface(category: str, index: int, points: int, normals: bool = False) -> np.ndarray:

@@ -10,7 +10,7 @@ with no MLP, then a final LayerNorm; Mamba's selective scan is in ``selective_sc
 Classification (upstream's ``avg_head``): the mean over the 2G tokens into Point-MAE's
 3-layer head. Sizes: ``point_mamba`` (384 wide, depth 12, 64 groups of 32; 12,297,768
 parameters with a 40-class head, as upstream), ``point_mamba_small`` (0.94 M) and
-``point_mamba_tiny`` (0.68 M; the pipeline's embedded PointMamba rows).
+``point_mamba_tiny`` (0.68 M; the pipeline's PointMamba rows: depth 4, state 8, 16 x 32).
 
 The contract (``contract.py``) at G tokens:
 
@@ -292,8 +292,10 @@ def point_mamba_small(**overrides) -> PointMamba:
 
 def point_mamba_tiny(**overrides) -> PointMamba:
     """The pipeline's embedded size (20-minute budget): ``point_mamba_small`` with depth 4 (as
-    ``point_mae_tiny``) and 8 state entries per channel instead of Mamba's 16. The scan is
-    three quarters of a small Mamba's step and scales with depth x state, so this trains at
-    ~0.4x ``point_mamba_small``'s step (~3x ``point_mae_tiny``'s): 0.68 M parameters with a
+    ``point_mae_tiny``), 8 state entries per channel instead of Mamba's 16, and 16 groups of
+    32 points (a 32-token sequence; the same 512 points). The scan is three quarters of a
+    small Mamba's step and scales with depth x state x sequence: 0.68 M parameters with a
     40-class head."""
-    return point_mamba_small(**{"depth": 4, "d_state": 8, **overrides})
+    return point_mamba_small(
+        **{"depth": 4, "d_state": 8, "num_groups": 16, "group_size": 32, **overrides}
+    )
