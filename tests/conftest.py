@@ -4,6 +4,7 @@ is optional: tests that need it skip cleanly in a user's clone, where it is abse
 from __future__ import annotations
 
 import os
+import shlex
 import shutil
 import subprocess
 import sys
@@ -104,3 +105,19 @@ def edit_params(repo: Path, values: dict) -> None:
             node = node.setdefault(key, {})
         node[leaf] = value
     (repo / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
+
+
+PRETRAINING_NOTEBOOKS = {"notebooks/10_pretrain_stage1.ipynb": "pretrain_stage1",
+                         "notebooks/20_pretrain_stage2.ipynb": "pretrain_stage2"}  # fmt: skip
+
+
+def variant_groups(pipeline: dict) -> dict[str, tuple[str, list[str]]]:
+    """{dvc stage: (pretrain_stage1 | pretrain_stage2, the variants it runs)} for the stages
+    of a dvc.yaml ``stages`` mapping that run a pretraining notebook with ``-p variant a,b``."""
+    found = {}
+    for name, stage in pipeline.items():
+        argv = shlex.split(stage.get("cmd", ""))
+        section = next((PRETRAINING_NOTEBOOKS[a] for a in argv if a in PRETRAINING_NOTEBOOKS), None)
+        if section and "variant" in argv:
+            found[name] = (section, argv[argv.index("variant") + 1].split(","))
+    return found

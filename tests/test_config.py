@@ -1,8 +1,8 @@
 import json
-import shlex
 
 import pytest
 import yaml
+from conftest import variant_groups
 
 from mmpd_core import config
 
@@ -109,25 +109,13 @@ def test_repository_params_load():
                 config.load(stage, smoke=smoke, variant=variant)
 
 
-def variant_stages(pipeline: dict) -> dict[str, dict[str, list[str]]]:
-    """{pretrain_stage1 | pretrain_stage2: {dvc stage: the variants its notebook runs}}: the
-    stages that run a pretraining notebook with ``-p variant a,b,...``."""
-    notebooks = {"notebooks/10_pretrain_stage1.ipynb": "pretrain_stage1",
-                 "notebooks/20_pretrain_stage2.ipynb": "pretrain_stage2"}  # fmt: skip
-    found = {section: {} for section in notebooks.values()}
-    for name, stage in pipeline.items():
-        argv = shlex.split(stage["cmd"])
-        section = next((notebooks[a] for a in argv if a in notebooks), None)
-        if section and "variant" in argv:
-            found[section][name] = argv[argv.index("variant") + 1].split(",")
-    return found
-
-
 def test_every_variant_in_params_is_a_dvc_stage_writing_where_config_says():
     """dvc.yaml's variant groups and params.yaml's variants must name the same runs, each
     with its params section, output and metrics declared by the stage that runs it."""
     pipeline = yaml.safe_load((config.PROJECT_ROOT / "dvc.yaml").read_text())["stages"]
-    for section, stages in variant_stages(pipeline).items():
+    groups = variant_groups(pipeline)
+    for section in ("pretrain_stage1", "pretrain_stage2"):
+        stages = {name: names for name, (where, names) in groups.items() if where == section}
         run = [v for names in stages.values() for v in names]
         assert sorted(run) == sorted(config.variant_names(section)), section
         assert len(run) == len(set(run)), f"a {section} variant runs twice"

@@ -9,25 +9,23 @@ paper-profile configs are loaded and checked by ``test_config``, and the embedde
 runs them end to end, so they are left out here (a paper-size run costs ~17 s of the suite)."""
 
 import json
-import shlex
 import shutil
 
 import numpy as np
 import pytest
 import torch
 import yaml
-from conftest import BIN, copy_repo, run
+from conftest import BIN, copy_repo, run, variant_groups
 from test_teachers import save_tiny_clip_dir, save_tiny_dinov2
 
 from mmpd_core.data import prep, readers
 from mmpd_core.data.shapes import CATEGORIES, sample_shape
 
 SYNSETS = ("02691156", "02747177", "02808440")  # three ShapeNet synset ids
-ABLATION_ONLY = {  # pretraining notebook -> variants only the ablation grid reads
-    "10_pretrain_stage1": ("clip_like", "dino_like", "after_point_mae"),
-    "20_pretrain_stage2": ("no_global", "no_shuffle", "local_only", "global_only",
-                           "point_targets", "random_init", "joint", "clip_like", "dino_like",
-                           "m2ae_point_targets"),
+ABLATION_ONLY = {  # pretraining section -> variants only the ablation grid reads
+    "pretrain_stage1": ("clip_like", "dino_like", "after_point_mae"),
+    "pretrain_stage2": ("no_global", "no_shuffle", "local_only", "global_only", "point_targets",
+                        "random_init", "joint", "clip_like", "dino_like", "m2ae_point_targets"),
 }  # fmt: skip
 
 
@@ -37,22 +35,20 @@ def drop_ablation_variants(repo):
     path = repo / "dvc.yaml"
     pipeline = yaml.safe_load(path.read_text())
     dropped = set()
-    for notebook, names in ABLATION_ONLY.items():
-        kind = "stage1" if "stage1" in notebook else "stage2"
-        dropped |= {f"{kind}_variants/{v}" for v in names}
-        dropped |= {f"variants.pretrain_{kind}.{v}" for v in names}
-    for name, stage in list(pipeline["stages"].items()):
-        argv = shlex.split(stage["cmd"])
-        notebook = next((n for n in ABLATION_ONLY if f"notebooks/{n}.ipynb" in argv), None)
-        if notebook is None or "variant" not in argv:
-            continue
-        at = argv.index("variant") + 1
-        keep = [v for v in argv[at].split(",") if v not in ABLATION_ONLY[notebook]]
+    for section, names in ABLATION_ONLY.items():
+        kind = section.removeprefix("pretrain_")
+        dropped |= {f"{kind}_variants/{v}" for v in names} | {
+            f"variants.{section}.{v}" for v in names
+        }
+    for name, (section, variants) in variant_groups(pipeline["stages"]).items():
+        stage = pipeline["stages"][name]
+        keep = [v for v in variants if v not in ABLATION_ONLY[section]]
         if not keep:
             del pipeline["stages"][name]
             continue
-        argv[at] = ",".join(keep)
-        stage["cmd"] = shlex.join(argv)
+        stage["cmd"] = stage["cmd"].replace(
+            f"variant {','.join(variants)}", f"variant {','.join(keep)}"
+        )
         for field in ("params", "deps", "outs", "metrics", "plots"):
             stage[field] = [e for e in stage.get(field, []) if kept(e, dropped)]
     path.write_text(yaml.safe_dump(pipeline, sort_keys=False))
