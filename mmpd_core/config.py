@@ -625,6 +625,18 @@ def load(
     return _load(_Params(data, path), stage, smoke, variant, overrides)
 
 
+def variant_group(variants: str) -> list[str]:
+    """The names of a comma-separated group of variants (a notebook's ``-p variant a,b``);
+    "" is the stage's own run."""
+    return [name.strip() for name in variants.split(",")]
+
+
+def load_group(stage: str, variants: str = "", *, smoke: bool | None = None) -> dict:
+    """{name: ``load(stage, smoke=smoke, variant=name)``} for each name of ``variants``
+    (``variant_group``), in order: what one pretraining notebook runs in turn."""
+    return {name: load(stage, smoke=smoke, variant=name) for name in variant_group(variants)}
+
+
 def params_read(stage: str, *, variant: str = "", params_path=None) -> set[str]:
     """Every params.yaml key ``load(stage, variant=...)`` reads, under every profile and with
     smoke on and off: what the DVC stage must declare."""

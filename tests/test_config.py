@@ -235,3 +235,12 @@ def test_the_cpu_profile_resolves_pretraining_claims():
         assert len(config.load(stage, smoke=False, profile="cpu").seeds) >= 3
     embedded = config.load("pretrain_stage2", smoke=False, variant="no_shuffle")
     assert embedded.pretrain_seeds == 1  # the 20-minute demo: one run per ablation
+
+
+def test_a_notebook_loads_a_group_of_variants_in_order():
+    assert config.variant_group("no_global, joint") == ["no_global", "joint"]
+    assert config.variant_group("") == [""]
+    group = config.load_group("pretrain_stage2", "joint,no_global", smoke=True)
+    assert list(group) == ["joint", "no_global"]
+    assert group["no_global"] == config.load("pretrain_stage2", smoke=True, variant="no_global")
+    assert group["joint"].out_dir == "runs/stage2_variants/joint"

@@ -87,14 +87,14 @@ def test_the_closure_knows_the_names_the_package_loads_lazily():
 
 
 def config_loads(notebook: Path) -> list[str]:
-    """The stage names a notebook passes to ``config.load``."""
+    """The stage names a notebook passes to ``config.load`` or ``config.load_group``."""
     cells = json.loads(notebook.read_text())["cells"]
     tree = ast.parse("\n".join("".join(c["source"]) for c in cells if c["cell_type"] == "code"))
     return [
         node.args[0].value
         for node in ast.walk(tree)
         if isinstance(node, ast.Call)
-        and getattr(node.func, "attr", "") == "load"
+        and getattr(node.func, "attr", "") in ("load", "load_group")
         and getattr(node.func, "value", None) is not None
         and getattr(node.func.value, "id", "") == "config"
     ]
@@ -104,7 +104,7 @@ def config_loads(notebook: Path) -> list[str]:
 def test_stage_declares_every_params_key_it_reads(stage):
     loads = config_loads(REPO_ROOT / stage["notebook"])
     assert loads, f"{stage['notebook']} loads no config"
-    variants = stage["parameters"].get("variant", "").split(",")  # a group: a,b,...
+    variants = config.variant_group(stage["parameters"].get("variant", ""))  # a group: a,b
     read = set()
     for name in loads:
         for variant in variants:

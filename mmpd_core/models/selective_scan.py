@@ -200,13 +200,13 @@ class _SelectiveScan(torch.autograd.Function):
         keep = grad and delta.numel() * A.shape[1] <= SAVE_STATES_MAX
         kept = []  # (decay, states) per channel block, for the backward pass
         for part in _channel_blocks(delta, A.shape[1], grad):
-            d, a = delta[..., part], A[part]
-            decay, drive = _decay_drive(d, u[..., part], a, B)
+            d, x, a = delta[..., part], u[..., part], A[part]
             if keep:
-                states = chunked_scan(decay, drive, rate=(d, a))
+                decay, states = _states(d, x, a, B)
                 y[..., part] = torch.einsum("lben,lbn->lbe", states, C)
                 kept.append((decay, states))
             else:
+                decay, drive = _decay_drive(d, x, a, B)
                 y[..., part] = chunked_scan(decay, drive, rate=(d, a), readout=C)
         if grad:
             ctx.save_for_backward(delta, u, A, B, C)
