@@ -316,6 +316,7 @@ class ReportStage:
     ablation_protocol: Protocol
     fewshot: str
     zeroshot: str  # per-run zero-shot accuracies (the claims table)
+    segmentation: str  # the segmentation stage's results folder (the claims table)
     model: str  # backbone whose parameter count Table 5 lists
     out_dir: str
 
@@ -359,6 +360,73 @@ class SelectionStage:
             raise ValueError(f"selection.pretraining: Stage-2 runs only, got {sorted(stages)}")
 
 
+@dataclass(frozen=True)
+class DenseDataStage:
+    """The ``dense_data`` stage: procedural rooms and part-labelled objects in the S3DIS and
+    ShapeNetPart layouts, or the real datasets (checked)."""
+
+    __pydantic_config__ = STRICT
+    source: Literal["embedded", "real"]
+    out_dir: str
+    real_root: str  # source real: S3DIS (raw release or Area_<k>_<room>.npy) and ShapeNetPart
+    seed: int
+    areas: int  # Area_1 .. Area_<areas>; Area_5 is the test area
+    rooms_per_area: int
+    room_density: float  # points per square metre of surface
+    part_train_per_category: int
+    part_val_per_category: int
+    part_test_per_category: int
+    part_points: int
+    figure: str
+
+    def __post_init__(self):
+        if self.areas < 5:
+            raise ValueError(f"dense_data.areas must reach the test area 5, got {self.areas}")
+
+
+@dataclass(frozen=True)
+class DenseRecipe(Schedule):
+    """Fine-tuning one segmentation task: the schedule, the clouds and the grouping (0: the
+    model's own), drop path, and (semantic) the block protocol."""
+
+    __pydantic_config__ = STRICT
+    num_points: int  # per training block / shape and per test chunk
+    num_groups: int
+    group_size: int
+    drop_path_rate: float
+    block_size: float = 1.0  # metres (semantic)
+    stride: float = 0.5  # whole-room test windows (semantic)
+    min_block_points: int = 1024  # a training block holds more points than this (semantic)
+    sample_rate: float = 1.0  # training blocks per epoch = sample_rate * points / num_points
+    votes: int = 3  # whole-room test passes, per-point majority (semantic)
+
+
+@dataclass(frozen=True)
+class SegmentationStage:
+    """The ``segmentation`` stage: semantic (S3DIS protocol) and part segmentation of every
+    encoder over seeds, Table 6 and the part-segmentation table."""
+
+    __pydantic_config__ = STRICT
+    model: str  # architecture of a scratch encoder
+    data_manifest: str
+    checkpoints: tuple[str, ...]  # run names (config.run_dir) or "scratch"
+    seeds: tuple[int, ...]
+    tasks: tuple[Literal["semantic", "part"], ...]
+    test_area: int
+    head: dict  # SegmentationHead widths: propagation, hidden, category_dim, dropout
+    semantic: DenseRecipe
+    part: DenseRecipe
+    num_workers: int
+    out_dir: str  # per-run checkpoints while training (deleted when a run ends)
+    results_dir: str
+    tables_dir: str
+    figure: str
+
+    def __post_init__(self):
+        if not self.seeds or not self.checkpoints:
+            raise ValueError("segmentation needs at least one seed and one checkpoint")
+
+
 STAGES: dict[str, type] = {
     "models": ModelsStage,
     "data_prep": DataPrepStage,
@@ -373,6 +441,8 @@ STAGES: dict[str, type] = {
     "report": ReportStage,
     "zeroshot": ZeroShotStage,
     "selection": SelectionStage,
+    "dense_data": DenseDataStage,
+    "segmentation": SegmentationStage,
 }
 
 # ---------------------------------------------------------------------------- run names

@@ -433,6 +433,14 @@ def write_index(path: Path, tables: str, context: str) -> None:
     lines = ["# Reports", "", context + ".", "", "| file | paper | content |", "|---|---|---|"]
     lines += [f"| [{s}.md]({tables}/{s}.md) | {p} | {w} |" for s, (p, w) in TABLES.items()]
     lines += [
+        "| [table6_segmentation.md](tables/table6_segmentation.md) | Table 6 | semantic "
+        "segmentation, S3DIS protocol (segmentation stage) |",
+        "| [table_partseg.md](tables/table_partseg.md) | App. B | part segmentation, "
+        "ShapeNetPart protocol (segmentation stage) |",
+        "| [segmentation_room.png](figures/segmentation_room.png) | - | a test room: truth "
+        "beside each encoder's prediction |",
+        "| [dense_data.png](figures/dense_data.png) | - | the dense tasks' data: rooms by "
+        "label, objects by part |",
         "| [tsne_modelnet40.png](figures/tsne_modelnet40.png) (.pdf) | t-SNE figures | "
         "global features per encoder; silhouettes in results/tsne_silhouette.json |",
         "| [renders_contact_sheet.png](figures/renders_contact_sheet.png) | - | rendered views |",
@@ -461,7 +469,7 @@ def run_stage(cfg: ReportStage, smoke: bool | None = None) -> dict[str, pd.DataF
     profile = read_params().get("profile", "embedded")
     sources = claims.read_sources(
         resolve(cfg.classification), resolve(cfg.ablations), cfg.ablation_protocol,
-        resolve(cfg.fewshot), resolve(cfg.zeroshot),
+        resolve(cfg.fewshot), resolve(cfg.zeroshot), resolve(cfg.segmentation),
     )  # fmt: skip
     return build_all(
         cfg.out_dir,

@@ -250,7 +250,7 @@ class Stage2Step:
             targets = self.teacher_targets(patches)
         else:  # joint training: the model's own full-cloud features, detached
             full = out.get("full", {})  # cls is None for a backbone without a cls token
-            targets = {k: v.detach() for k, v in full.items() if v is not None}
+            targets = {k: v.detach() for k, v in full.items() if isinstance(v, torch.Tensor)}
         terms, metrics = {}, {}
         if module.local_target == "features":
             terms["local"] = local_distillation_loss(out["local"], targets["tokens"])

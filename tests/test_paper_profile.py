@@ -18,7 +18,9 @@ import yaml
 from conftest import BIN, copy_repo, run, variant_groups
 from test_teachers import save_tiny_clip_dir, save_tiny_dinov2
 
-from mmpd_core.data import prep, readers
+from mmpd_core.data import dense_prep, prep, readers
+from mmpd_core.data import dense_readers as dr
+from mmpd_core.data.rooms import make_room
 from mmpd_core.data.shapes import CATEGORIES, sample_shape
 
 SYNSETS = ("02691156", "02747177", "02808440")  # three ShapeNet synset ids
@@ -108,6 +110,14 @@ def write_real_datasets(root):
             readers.write_scanobjectnn(
                 root / prep.SCAN, variant, part, scans, np.arange(count) % 15
             )
+    for area in range(1, 7):  # S3DIS as released: Area_<k>/<room>/Annotations/<class>_<n>.txt
+        room = make_room(0, area, 0, density=25.0)
+        dr.write_s3dis_room(root, area, room.name, room.points, room.colors, room.labels)
+    dr.write_shapenetpart(root, {
+        split: [dense_prep.part_shape(c, split, i, 0, 300) for c in ("Chair", "Table")
+                for i in range(count)]
+        for split, count in (("train", 3), ("val", 1), ("test", 2))
+    })  # fmt: skip
 
 
 @pytest.fixture(scope="module")
@@ -178,5 +188,14 @@ def test_paper_profile_runs_the_whole_dag(paper_repo):
     assert meta["config"]["trans_dim"] == 384 and meta["config"]["depth"] == 12  # point_mae
     index = (paper_repo / "reports/README.md").read_text()
     assert "paper profile at smoke size" in index
+    dense = json.loads((paper_repo / "data/dense/manifest.json").read_text())
+    assert dense["roots"]["s3dis"].endswith("data/real") and dense["config"]["source"] == "real"
+    assert dense["counts"]["shapenetpart"]["test"] == {"Chair": 2, "Table": 2}
+    segmentation = paper_repo / "reports/results/segmentation"
+    semantic = json.loads((segmentation / "semantic/stage2.json").read_text())
+    assert semantic["recipe"]["lr"] == 2.0e-4 and semantic["recipe"]["epochs"] == 1  # smoke
+    assert set(json.loads(segmentation.with_suffix(".json").read_text())) == {
+        f"{task}/{run}" for task in ("semantic", "part") for run in ("scratch", "stage2")
+    }
     fewshot = json.loads((paper_repo / "reports/results/fewshot/fewshot.json").read_text())
     assert fewshot["protocol"] == "full" and fewshot["rows"][0]["folds"] == 2

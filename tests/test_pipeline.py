@@ -70,6 +70,14 @@ def test_dvc_repro_runs_every_stage_then_nothing(smoke_repo):
         )
         assert numbers.notna().any() and np.isfinite(numbers.dropna()).all(), stem
         assert (smoke_repo / "reports/tables" / f"{stem}.md").stat().st_size > 100, stem
+    dense = json.loads((smoke_repo / "data/dense/manifest.json").read_text())
+    assert dense["counts"]["s3dis"]["rooms_per_area"]["Area_5"] == 1  # smoke: a room per area
+    segmentation = json.loads((smoke_repo / "reports/results/segmentation.json").read_text())
+    assert set(segmentation) == {
+        f"{t}/{r}" for t in ("semantic", "part") for r in ("scratch", "stage2")
+    }
+    assert 0 <= segmentation["semantic/stage2"]["miou_mean"] <= 100
+    assert (smoke_repo / "reports/figures/segmentation_room.png").stat().st_size > 10_000
     table3 = pd.read_csv(smoke_repo / "reports/tables/table3_classification.csv")
     ours = table3[(table3["source"] == "this run") & (table3["protocol"] == "full")]
     pattern = r"^\d+\.\d (± \d+\.\d|\(n=1\))$"  # one seed at smoke size: no spread shown

@@ -48,7 +48,8 @@ def test_head_gives_per_point_logits_on_every_backbone_and_trains_end_to_end(nam
     points = torch.rand(2, 512, 3) * 2 - 1
     layers = (0, 1)
     features = encoder.forward_features(points, layers=layers)
-    head = SegmentationHead(encoder.dim, len(layers), num_classes=5, num_categories=3,
+    features.pop("scales", None)  # the tapped layers here; tests/test_dense.py: the scales
+    head = SegmentationHead(encoder.dim * len(layers), num_classes=5, num_categories=3,
                             propagation=(32,), hidden=(16, 8))  # fmt: skip
     logits = head(points, features, category=torch.tensor([0, 2]))
     assert logits.shape == (2, 5, 512)
@@ -58,7 +59,7 @@ def test_head_gives_per_point_logits_on_every_backbone_and_trains_end_to_end(nam
     with pytest.raises(ValueError, match="category"):
         head(points, features)
     with pytest.raises(ValueError, match="layers"):
-        head(points, encoder.forward_features(points))
+        head(points, {**encoder.forward_features(points), "scales": None})
 
 
 def test_semantic_scores_by_hand():

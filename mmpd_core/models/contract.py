@@ -39,7 +39,9 @@ Methods
 
 ``Features`` holds ``tokens`` (B, G, D) after the final norm, ``cls`` (B, D) or None,
 ``global`` (B, global_dim), ``centers`` (B, G, 3) and, when asked for, ``layers``: the tokens
-after the given blocks (0-based), each through the final norm.
+after the given blocks (0-based), each through the final norm. A multi-scale encoder adds
+``scales``: [(centres (B, G_s, 3), tokens (B, G_s, D_s))] of every scale, finest first (what a
+dense head propagates).
 
 Invariants (the shared test suite): shapes as above; the masking masks exactly the same
 number of tokens in every sample, keep and mask indices partition range(G); encoding with

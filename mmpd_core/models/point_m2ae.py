@@ -273,6 +273,12 @@ class PointM2AE(Backbone):
             "cls": None,
             "global": self.pool(top, None),
             "centers": patches.centers,
+            # every scale's output (the coarsest through the final norm, as upstream's
+            # segmentation model reads them), finest first: dense heads propagate each
+            "scales": [
+                (level.centers, self.norm(s["tokens"]) if i == len(scales) - 1 else s["tokens"])
+                for i, (level, s) in enumerate(zip(patches.levels, scales, strict=True))
+            ],
         }
         if layers:
             features["layers"] = [self._level_norm(x) for x in picked]

@@ -3,7 +3,8 @@ the metrics of semantic and part segmentation (issue #14, its library part; no s
 yet).
 
 Head (Point-MAE's part-segmentation model, ``segmentation/models/pt.py`` upstream, for any
-backbone):
+backbone; a multi-scale encoder such as Point-M2AE gives every scale's output tokens instead of
+tapped blocks, each propagated from its own centres, as Point-M2AE's segmentation model does):
 
 - the tokens after several encoder blocks (``Features['layers']``): Point-MAE taps blocks
   3, 7 and 11 of 12 (0-based); ``tap_layers(depth)`` scales that rule to another depth;
@@ -51,7 +52,10 @@ def propagate(
 ) -> torch.Tensor:
     """Features (B, G, C) at ``centers`` (B, G, 3) interpolated at ``points`` (B, N, 3): the k
     nearest centres of each point weighted by 1 / (squared distance + 1e-8), normalised
-    (PointNet++ feature propagation). Returns (B, N, C)."""
+    (PointNet++ feature propagation). Returns (B, N, C).
+
+    The weights are scattered into a dense (B, N, G) matrix applied as one batched matmul:
+    the same sums as gathering the k neighbours' features, without the (B, N, k, C) copy."""
     if centers.shape[:2] != features.shape[:2]:
         raise ValueError(f"centers {tuple(centers.shape)} and features {tuple(features.shape)}")
     k = min(k, centers.shape[1])
@@ -59,9 +63,8 @@ def propagate(
     near, idx = dist.topk(k, dim=-1, largest=False)  # (B, N, k)
     weights = 1.0 / (near + 1e-8)
     weights = weights / weights.sum(-1, keepdim=True)  # (B, N, k)
-    batch = torch.arange(features.shape[0], device=features.device)[:, None, None]
-    picked = features[batch, idx]  # (B, N, k, C)
-    return (picked * weights.unsqueeze(-1).to(picked.dtype)).sum(2)
+    dense = torch.zeros_like(dist).scatter_(-1, idx, weights)  # (B, N, G)
+    return torch.bmm(dense.to(features.dtype), features)  # (B, N, C)
 
 
 def _conv_bn_relu(inputs: int, outputs: int) -> list[nn.Module]:
@@ -71,17 +74,25 @@ def _conv_bn_relu(inputs: int, outputs: int) -> list[nn.Module]:
 class SegmentationHead(nn.Module):
     """Per-point logits from an encoder's ``Features`` (see the module docstring).
 
-    ``dim``: the encoder's token width D; ``taps``: how many layers the features hold (L);
+    ``width``: the channels propagated to each point: L·D for L tapped layers of width D, or
+    the sum of the scales' widths for a multi-scale encoder (``Features['scales']``);
     ``num_categories`` > 0 adds the category embedding (part segmentation). Widths default to
-    upstream's: propagation (1536, 1024), classifier (512, 256), category embedding 64."""
+    upstream's: propagation (1536, 1024), classifier (512, 256), category embedding 64.
+
+    The classifier's first layer reads [propagated, global, category] at every point; the
+    global and category parts are the same at all N points, so upstream's Conv1d over the
+    concatenation is applied as a Conv1d on the propagated part (``local_in``) plus a Linear
+    on the per-cloud part (``shared_in``), broadcast over the points: the same function and
+    parameter count, without expanding a (B, 2·L·D, N) tensor."""
 
     def __init__(
-        self, dim: int, taps: int, num_classes: int, num_categories: int = 0, *,
+        self, width: int, num_classes: int, num_categories: int = 0, *,
         propagation: Sequence[int] = (1536, 1024), hidden: Sequence[int] = (512, 256),
         category_dim: int = 64, dropout: float = 0.5,
     ):  # fmt: skip
         super().__init__()
-        width = dim * taps
+        if not hidden:
+            raise ValueError("the classifier needs at least one hidden layer")
         layers, inputs = [], width + 3  # propagated tokens and the point's own xyz (upstream)
         for out in propagation:
             layers += _conv_bn_relu(inputs, out)
@@ -91,12 +102,15 @@ class SegmentationHead(nn.Module):
         if num_categories:
             self.category = nn.Sequential(*_conv_bn_relu(num_categories, category_dim))
         self.num_categories = num_categories
-        inputs += 2 * width + (category_dim if num_categories else 0)
-        classifier = []
-        for i, out in enumerate(hidden):
+        shared = 2 * width + (category_dim if num_categories else 0)
+        self.local_in = nn.Conv1d(inputs, hidden[0], 1, bias=False)
+        self.shared_in = nn.Linear(shared, hidden[0], bias=False)
+        classifier = [nn.BatchNorm1d(hidden[0]), nn.ReLU()]
+        if dropout:
+            classifier.append(nn.Dropout(dropout))
+        inputs = hidden[0]
+        for out in hidden[1:]:
             classifier += _conv_bn_relu(inputs, out)
-            if i == 0 and dropout:
-                classifier.append(nn.Dropout(dropout))
             inputs = out
         classifier.append(nn.Conv1d(inputs, num_classes, 1))
         self.classifier = nn.Sequential(*classifier)
@@ -104,22 +118,29 @@ class SegmentationHead(nn.Module):
     def forward(
         self, points: torch.Tensor, features: dict, category: torch.Tensor | None = None
     ) -> torch.Tensor:
-        """``points`` (B, N, 3), the encoder's ``features`` (with ``layers``), ``category``
-        (B,) integer ids when the head has categories. Returns logits (B, classes, N)."""
-        if not features.get("layers"):
+        """``points`` (B, N, 3), the encoder's ``features`` (with ``layers``, or a multi-scale
+        encoder's ``scales``: [(centres (B, G_s, 3), tokens (B, G_s, D_s))], each scale then
+        propagated from its own centres), ``category`` (B,) integer ids when the head has
+        categories. Returns logits (B, classes, N)."""
+        if features.get("scales"):
+            levels = [(centers, tokens.float()) for centers, tokens in features["scales"]]
+        elif features.get("layers"):
+            tokens = torch.cat([t.float() for t in features["layers"]], dim=-1)  # (B, G, L·D)
+            levels = [(features["centers"], tokens)]
+        else:
             raise ValueError("features hold no 'layers': call forward_features(points, layers)")
-        tokens = torch.cat([t.float() for t in features["layers"]], dim=-1)  # (B, G, L·D)
-        n = points.shape[1]
-        pooled = torch.cat([tokens.max(1).values, tokens.mean(1)], dim=-1)  # (B, 2·L·D)
-        local = propagate(features["centers"], tokens, points)  # (B, N, L·D)
-        local = torch.cat([local, points.float()], dim=-1).transpose(1, 2)  # (B, L·D+3, N)
-        parts = [self.propagation(local), pooled.unsqueeze(-1).expand(-1, -1, n)]
+        shared = [torch.cat([t.max(1).values for _, t in levels], -1),
+                  torch.cat([t.mean(1) for _, t in levels], -1)]  # the global feature  # fmt: skip
         if self.category is not None:
             if category is None:
                 raise ValueError("this head embeds the object category: pass category ids")
             one_hot = nn.functional.one_hot(category, self.num_categories).float()
-            parts.append(self.category(one_hot.unsqueeze(-1)).expand(-1, -1, n))
-        return self.classifier(torch.cat(parts, dim=1))
+            shared.append(self.category(one_hot.unsqueeze(-1)).squeeze(-1))  # (B, category_dim)
+        local = [propagate(centers, tokens, points) for centers, tokens in levels]  # (B, N, ·)
+        local = torch.cat([*local, points.float()], dim=-1).transpose(1, 2)  # (B, width+3, N)
+        x = self.local_in(self.propagation(local))  # (B, H, N)
+        x = x + self.shared_in(torch.cat(shared, dim=-1)).unsqueeze(-1)  # (B, H, 1) broadcast
+        return self.classifier(x)
 
 
 # ---------------------------------------------------------------------------- metrics

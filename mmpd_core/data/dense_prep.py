@@ -1,0 +1,199 @@
+"""The ``dense_data`` stage: the datasets of the dense tasks, embedded or real (issue #14).
+
+Embedded (``source: embedded``), written under ``out_dir`` in the official layouts
+(``dense_readers``), so the segmentation stage reads the embedded and the real data through the
+same code:
+
+    Stanford3dDataset_v1.2_Aligned_Version/Area_<k>/<room>/Annotations/<class>_1.txt
+        procedural rooms (``rooms``), ``rooms_per_area`` in each of ``areas`` areas;
+    shapenetcore_partanno_segmentation_benchmark_v0_normal/
+        procedural objects of the ShapeNetPart categories the families cover, their part ids
+        mapped to the category's ShapeNetPart labels (``PART_MAP``);
+    manifest.json   roots, counts, the seed
+
+Real (``source: real``): S3DIS and ShapeNetPart under ``real_root`` are checked (every room and
+shape is read once, so a malformed file fails here, naming itself) and only the manifest is
+written. The figure shows a room from above coloured by label and an object coloured by part.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import shutil
+from collections import Counter
+from pathlib import Path
+
+import matplotlib.pyplot as plt
+import numpy as np
+
+from mmpd_core.config import DenseDataStage, resolve
+from mmpd_core.data import dense_readers as dr
+from mmpd_core.data.rooms import make_room
+from mmpd_core.data.shapes import sample_shape
+from mmpd_core.tracking import progress
+
+# ShapeNetPart category -> (procedural family, {procedural part name: slot in the category's
+# part labels}): the families' parts merged to the category's parts, in the spirit of the
+# release's labels (airplane: body / wing / tail / engine; chair: back / seat / leg / arm ...)
+PART_MAP = {
+    "Airplane": ("airplane", {"fuselage": 0, "wing": 1, "tail": 2, "fin": 2, "engine": 3}),
+    "Car": ("car", {"body": 0, "cabin": 1, "wheel": 2}),
+    "Chair": ("chair", {"back": 0, "seat": 1, "leg": 2, "arm": 3}),
+    "Guitar": ("guitar", {"head": 0, "neck": 1, "body": 2, "hole": 2}),
+    "Lamp": ("lamp", {"base": 0, "pole": 1, "shade": 2}),
+    "Laptop": ("laptop", {"base": 0, "key": 0, "touchpad": 0, "lid": 1}),
+    "Mug": ("cup", {"handle": 0, "body": 1}),
+    "Table": ("table", {"top": 0, "leg": 1, "foot": 1}),
+}
+# the 13 S3DIS classes in the figures: the shell pale, the objects saturated
+LABEL_COLOURS = np.array([
+    [0.87, 0.87, 0.87], [0.78, 0.73, 0.60], [0.55, 0.55, 0.55], [1.00, 0.73, 0.47],
+    [0.58, 0.40, 0.74], [0.09, 0.75, 0.81], [0.55, 0.34, 0.29], [1.00, 0.50, 0.05],
+    [0.12, 0.47, 0.71], [0.89, 0.47, 0.76], [0.17, 0.63, 0.17], [0.74, 0.74, 0.13],
+    [0.84, 0.15, 0.16],
+])  # fmt: skip
+SPLIT_OFFSET = {"train": 0, "val": 10_000, "test": 20_000}  # disjoint shape indices per split
+
+
+def part_shape(category: str, split: str, index: int, seed: int, num_points: int) -> dr.PartShape:
+    """Shape ``index`` of ``category`` in ``split``, its points labelled with the category's
+    global ShapeNetPart part labels."""
+    family, slots = PART_MAP[category]
+    shape = sample_shape(family, SPLIT_OFFSET[split] + index, seed, num_points)
+    parts = dr.SHAPENETPART_CATEGORIES[category][1]
+    lookup = np.array([parts[slots[name]] for name in shape.part_names])  # local id -> label
+    return dr.PartShape(
+        category=category,
+        model_id=f"{family}_{split}_{index:05d}",
+        points=shape.points,
+        normals=shape.normals,
+        labels=lookup[shape.part_ids],
+    )
+
+
+def write_parts(cfg: DenseDataStage, root: Path) -> Path:
+    counts = {"train": cfg.part_train_per_category, "val": cfg.part_val_per_category,
+              "test": cfg.part_test_per_category}  # fmt: skip
+    splits = {
+        split: [
+            part_shape(category, split, i, cfg.seed, cfg.part_points)
+            for category in PART_MAP
+            for i in range(count)
+        ]
+        for split, count in counts.items()
+    }
+    return dr.write_shapenetpart(root, splits)
+
+
+def write_rooms(cfg: DenseDataStage, root: Path) -> None:
+    jobs = [(a, i) for a in range(1, cfg.areas + 1) for i in range(cfg.rooms_per_area)]
+    for area, index in progress(jobs, desc="rooms"):
+        room = make_room(cfg.seed, area, index, cfg.room_density)
+        dr.write_s3dis_room(root, area, room.name, room.points, room.colors, room.labels)
+
+
+def roots(cfg: DenseDataStage) -> dict[str, Path]:
+    """Where the segmentation stage reads S3DIS (the folder holding the raw release or the
+    per-room arrays) and ShapeNetPart (its own folder)."""
+    base = resolve(cfg.out_dir if cfg.source == "embedded" else cfg.real_root)
+    return {"s3dis": base, "shapenetpart": base / dr.SHAPENETPART_DIR}
+
+
+def _relative(path: Path) -> str:
+    try:
+        return str(path.relative_to(resolve(".")))
+    except ValueError:
+        return str(path)
+
+
+def count(cfg: DenseDataStage, where: dict[str, Path]) -> dict:
+    """Read every room and shape once (a malformed file fails here): counts per area, split,
+    class and category."""
+    rooms = dr.read_s3dis(where["s3dis"], range(1, cfg.areas + 1))
+    per_class = Counter()
+    for room in rooms:
+        for k, n in enumerate(np.bincount(room.labels, minlength=len(dr.S3DIS_CLASSES))):
+            per_class[dr.S3DIS_CLASSES[k]] += int(n)
+    parts = {
+        split: dict(Counter(s.category for s in dr.read_shapenetpart(where["shapenetpart"], split)))
+        for split in dr.SHAPENETPART_SPLITS
+    }
+    return {
+        "s3dis": {
+            "rooms_per_area": dict(Counter(f"Area_{room.area}" for room in rooms)),
+            "points": int(sum(len(room.labels) for room in rooms)),
+            "points_per_class": dict(per_class),
+        },
+        "shapenetpart": parts,
+    }
+
+
+def run_stage(cfg: DenseDataStage) -> dict:
+    """Write (embedded) or check (real) both datasets; the manifest and the figure."""
+    out = resolve(cfg.out_dir)
+    if out.exists():
+        shutil.rmtree(out)  # a previous run: nothing stale survives
+    out.mkdir(parents=True)
+    where = roots(cfg)
+    if cfg.source == "embedded":
+        write_rooms(cfg, out)
+        write_parts(cfg, out)
+    manifest = {
+        "config": dataclasses.asdict(cfg),
+        "roots": {k: _relative(v) for k, v in where.items()},
+        "counts": count(cfg, where),
+    }
+    (out / "manifest.json").write_text(json.dumps(manifest, indent=1))
+    figure(where, resolve(cfg.figure))
+    return manifest
+
+
+# --- what a person looks at -------------------------------------------------------------------
+
+
+def top_view(ax, room: dr.Room, labels: np.ndarray, title: str) -> None:
+    """A room from above, each point coloured by its (S3DIS) label; the ceiling left out."""
+    keep = labels != dr.S3DIS_CLASSES.index("ceiling")
+    order = np.argsort(room.points[keep, 2])  # higher points drawn last
+    xy, lab = room.points[keep][order], labels[keep][order]
+    sizes = np.where(lab <= dr.S3DIS_CLASSES.index("wall"), 0.15, 0.8)
+    ax.scatter(xy[:, 0], xy[:, 1], c=LABEL_COLOURS[lab], s=sizes, linewidths=0)
+    ax.set_aspect("equal")
+    ax.set_title(title, fontsize=9)
+    ax.set_xticks([])
+    ax.set_yticks([])
+
+
+def legend(fig) -> None:
+    handles = [plt.Line2D([], [], ls="", marker="o", color=LABEL_COLOURS[i], label=name)
+               for i, name in enumerate(dr.S3DIS_CLASSES)]  # fmt: skip
+    fig.legend(handles=handles, loc="lower center", ncol=7, fontsize=7, frameon=False)
+
+
+def figure(where: dict[str, Path], path: Path) -> Path:
+    """Two rooms of the test area from above, and one object per category by part."""
+    test_rooms = dr.read_s3dis(where["s3dis"], [dr.S3DIS_TEST_AREA])[:2]
+    shapes = {}
+    for shape in dr.read_shapenetpart(where["shapenetpart"], "test"):
+        shapes.setdefault(shape.category, shape)
+    columns = len(test_rooms) + min(len(shapes), 4)
+    fig = plt.figure(figsize=(3 * columns, 3.6))
+    for i, room in enumerate(test_rooms):
+        top_view(fig.add_subplot(1, columns, i + 1), room, room.labels, f"{room.name} (labels)")
+    cmap = plt.get_cmap("tab10")
+    for j, shape in enumerate(list(shapes.values())[: columns - len(test_rooms)]):
+        ax = fig.add_subplot(1, columns, len(test_rooms) + j + 1, projection="3d")
+        parts = dr.SHAPENETPART_CATEGORIES[shape.category][1]
+        local = np.searchsorted(parts, shape.labels)
+        p = shape.points
+        ax.scatter(p[:, 0], p[:, 2], p[:, 1], c=cmap(local % 10), s=1, linewidths=0)
+        ax.view_init(elev=20, azim=-60)
+        ax.set_axis_off()
+        ax.set_title(f"{shape.category} (parts)", fontsize=9)
+    legend(fig)
+    fig.tight_layout(rect=(0, 0.08, 1, 1))
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path
