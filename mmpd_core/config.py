@@ -400,6 +400,10 @@ class DenseRecipe(Schedule):
     sample_rate: float = 1.0  # training blocks per epoch = sample_rate * points / num_points
     votes: int = 3  # whole-room test passes, per-point majority (semantic)
 
+    def __post_init__(self):
+        if not 0 <= self.warmup_epochs <= self.epochs:
+            raise ValueError(f"warmup_epochs {self.warmup_epochs} must lie in [0, {self.epochs}]")
+
 
 @dataclass(frozen=True)
 class SegmentationStage:
