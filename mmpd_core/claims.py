@@ -190,9 +190,10 @@ SEGMENTATION_COLUMNS = {  # (task, score) -> the claims' column name
 
 def segmentation_seeds(results_dir: str | Path) -> dict[tuple[str, str], list[dict]]:
     """{(checkpoint, column): per-seed rows ({seed, run, acc: the score})} of the segmentation
-    stage's per-encoder files (``<results_dir>/<task>/<encoder>.json``)."""
+    stage's per-encoder files (``<results_dir>/<task>/<encoder>.json``, a variant's under its
+    stage's folder: ``semantic/stage2_variants/point_mae.json``)."""
     out = {}
-    for path in sorted(Path(results_dir).glob("*/*.json")):
+    for path in sorted(Path(results_dir).rglob("*.json")):
         cell = json.loads(path.read_text())
         for (task, key), column in SEGMENTATION_COLUMNS.items():
             if cell.get("task") == task:

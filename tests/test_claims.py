@@ -122,3 +122,28 @@ def test_the_table_reads_the_stage_files_and_gives_each_claim_its_verdict(tmp_pa
     )
     assert table.loc["Stage-2 improves on Stage-1", "verdict"] == "not run"
     assert set(table["verdict"]) <= {*claims.VERDICTS, "not run"}
+
+
+def test_segmentation_claims_read_every_encoder_file_including_variants(tmp_path):
+    """The segmentation stage writes ``<task>/<encoder>.json``, a variant's one folder deeper
+    (``semantic/stage2_variants/point_mae.json``); each claim pairs seeds on its score."""
+    root = tmp_path / "segmentation"
+    scores = {"stage2": ([30.0, 31.0], "stage2"), "stage2:point_mae": ([25.0, 27.0], "pm"),
+              "scratch": ([20.0, 21.0], "scratch")}  # fmt: skip
+    for checkpoint, (mious, name) in scores.items():
+        path = root / "semantic" / f"{checkpoint.replace('stage2:', 'stage2_variants/')}.json"
+        path.parent.mkdir(parents=True, exist_ok=True)
+        rows = [{"seed": i, "run": f"{name}@{i}", "miou": m, "macc": m + 10}
+                for i, m in enumerate(mious)]  # fmt: skip
+        path.write_text(json.dumps({"task": "semantic", "checkpoint": checkpoint, "seeds": rows}))
+    sources = claims.read_sources(
+        tmp_path / "c.csv", tmp_path / "a.csv", "linear", tmp_path / "f.json",
+        tmp_path / "z.json", root,
+    )  # fmt: skip
+    assert sources["segmentation"][("stage2:point_mae", "S3DIS mIoU")][1]["acc"] == 27.0
+    table = claims.claims_table(sources, "embedded").set_index("claim")
+    miou = table.loc["Ours beats the Point-MAE baseline on S3DIS Area 5 (mIoU)"]
+    assert miou["this run Δ"].startswith("+4.5") and miou["n"] == 2  # (5 + 4) / 2
+    assert miou["pretraining runs (a / b)"] == "2 / 2"
+    parts = table.loc["Ours beats the Point-MAE baseline at part segmentation (instance mIoU)"]
+    assert parts["verdict"] == "not run"  # no part results written
