@@ -18,9 +18,9 @@ import yaml
 from conftest import BIN, copy_repo, run, variant_groups
 from test_teachers import save_tiny_clip_dir, save_tiny_dinov2
 
-from mmpd_core.data import dense_prep, prep, readers
+from mmpd_core.data import dense_prep, prep, readers, scannet
 from mmpd_core.data import dense_readers as dr
-from mmpd_core.data.rooms import make_room
+from mmpd_core.data.rooms import make_scene
 from mmpd_core.data.shapes import CATEGORIES, sample_shape
 
 SYNSETS = ("02691156", "02747177", "02808440")  # three ShapeNet synset ids
@@ -110,9 +110,16 @@ def write_real_datasets(root):
             readers.write_scanobjectnn(
                 root / prep.SCAN, variant, part, scans, np.arange(count) % 15
             )
+    scenes = {"train": [], "val": []}
     for area in range(1, 7):  # S3DIS as released: Area_<k>/<room>/Annotations/<class>_<n>.txt
-        room = make_room(0, area, 0, density=25.0)
+        room, instances, categories = make_scene(0, area, 0, density=25.0)
         dr.write_s3dis_room(root, area, room.name, room.points, room.colors, room.labels)
+        name = dense_prep.scene_name(area, 0)  # and as a ScanNet detection scene
+        scene = dense_prep.scannet_scene(name, room, instances, categories)
+        scannet.write_scene(root / dense_prep.SCANNET_DIR, scene)
+        scenes["val" if area == 5 else "train"].append(name)
+    for split, names in scenes.items():
+        scannet.write_split(root / dense_prep.SCANNET_DIR, split, names)
     dr.write_shapenetpart(root, {
         split: [dense_prep.part_shape(c, split, i, 0, 300) for c in ("Chair", "Table")
                 for i in range(count)]
@@ -191,6 +198,7 @@ def test_paper_profile_runs_the_whole_dag(paper_repo):
     dense = json.loads((paper_repo / "data/dense/manifest.json").read_text())
     assert dense["roots"]["s3dis"].endswith("data/real") and dense["config"]["source"] == "real"
     assert dense["counts"]["shapenetpart"]["test"] == {"Chair": 2, "Table": 2}
+    assert dense["counts"]["scannet"]["scenes"] == {"train": 5, "val": 1}
     segmentation = paper_repo / "reports/results/segmentation"
     semantic = json.loads((segmentation / "semantic/stage2.json").read_text())
     assert semantic["recipe"]["lr"] == 2.0e-4 and semantic["recipe"]["epochs"] == 1  # smoke

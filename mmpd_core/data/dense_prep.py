@@ -9,11 +9,16 @@ same code:
     shapenetcore_partanno_segmentation_benchmark_v0_normal/
         procedural objects of the ShapeNetPart categories the families cover, their part ids
         mapped to the category's ShapeNetPart labels (``PART_MAP``);
+    scannet_train_detection_data/<scene>_{vert,ins_label,sem_label,bbox}.npy, meta_data/
+        the same rooms as ScanNet detection scenes (VoteNet's layout, ``scannet``): an
+        instance per object, NYU40 labels (``NYU40_OF``), an axis-aligned box per object of
+        the 18 detection classes; Area 5's rooms are the val split;
     manifest.json   roots, counts, the seed
 
-Real (``source: real``): S3DIS and ShapeNetPart under ``real_root`` are checked (every room and
-shape is read once, so a malformed file fails here, naming itself) and only the manifest is
-written. The figure shows a room from above coloured by label and an object coloured by part.
+Real (``source: real``): S3DIS, ShapeNetPart and ScanNet under ``real_root`` are checked
+(every room, shape and scene is read once, so a malformed file fails here, naming itself) and
+only the manifest is written. The figure shows a room from above coloured by label and an
+object coloured by part.
 """
 
 from __future__ import annotations
@@ -29,7 +34,8 @@ import numpy as np
 
 from mmpd_core.config import DenseDataStage, resolve
 from mmpd_core.data import dense_readers as dr
-from mmpd_core.data.rooms import make_room
+from mmpd_core.data import scannet
+from mmpd_core.data.rooms import make_scene
 from mmpd_core.data.shapes import sample_shape
 from mmpd_core.tracking import progress
 
@@ -53,6 +59,14 @@ LABEL_COLOURS = np.array([
     [0.12, 0.47, 0.71], [0.89, 0.47, 0.76], [0.17, 0.63, 0.17], [0.74, 0.74, 0.13],
     [0.84, 0.15, 0.16],
 ])  # fmt: skip
+# a room object's category -> its NYU40 id (ScanNet's point labels; boxes for the 18 classes)
+NYU40_OF = {
+    "wall": 1, "floor": 2, "ceiling": 22, "door": 8, "window": 9, "board": 30, "beam": 38,
+    "column": 38, "chair": 5, "stool": 5, "table": 7, "desk": 14, "sofa": 6, "bookshelf": 10,
+    "lamp": 35,
+}  # fmt: skip
+OTHERPROP = 40  # the rest of the clutter
+SCANNET_DIR = "scannet_train_detection_data"
 SPLIT_OFFSET = {"train": 0, "val": 10_000, "test": 20_000}  # disjoint shape indices per split
 
 
@@ -86,18 +100,44 @@ def write_parts(cfg: DenseDataStage, root: Path) -> Path:
     return dr.write_shapenetpart(root, splits)
 
 
+def scannet_scene(name: str, room: dr.Room, instances: np.ndarray, categories: dict):
+    """A procedural room as a ScanNet detection scene (see the module docstring)."""
+    nyu = np.array([0] + [NYU40_OF.get(c, OTHERPROP) for c in categories.values()])
+    boxes = []
+    for instance, category in categories.items():
+        points = room.points[instances == instance]
+        if NYU40_OF.get(category, OTHERPROP) in scannet.NYU40_IDS and len(points):
+            low, high = points.min(0), points.max(0)
+            boxes.append([*(low + high) / 2, *np.maximum(high - low, 1e-3), nyu[instance]])
+    vertices = np.concatenate([room.points, room.colors], axis=1)
+    return scannet.Scene(name, vertices, instances, nyu[instances],
+                         np.array(boxes, dtype=np.float32).reshape(-1, 7))  # fmt: skip
+
+
+def scene_name(area: int, index: int) -> str:
+    return f"scene{area:02d}{index:02d}_00"
+
+
 def write_rooms(cfg: DenseDataStage, root: Path) -> None:
+    """Every room in the S3DIS layout, and as a ScanNet scene (Area 5: the val split)."""
     jobs = [(a, i) for a in range(1, cfg.areas + 1) for i in range(cfg.rooms_per_area)]
+    splits = {"train": [], "val": []}
     for area, index in progress(jobs, desc="rooms"):
-        room = make_room(cfg.seed, area, index, cfg.room_density)
+        room, instances, categories = make_scene(cfg.seed, area, index, cfg.room_density)
         dr.write_s3dis_room(root, area, room.name, room.points, room.colors, room.labels)
+        name = scene_name(area, index)
+        scannet.write_scene(root / SCANNET_DIR, scannet_scene(name, room, instances, categories))
+        splits["val" if area == dr.S3DIS_TEST_AREA else "train"].append(name)
+    for split, names in splits.items():
+        scannet.write_split(root / SCANNET_DIR, split, names)
 
 
 def roots(cfg: DenseDataStage) -> dict[str, Path]:
     """Where the segmentation stage reads S3DIS (the folder holding the raw release or the
     per-room arrays) and ShapeNetPart (its own folder)."""
     base = resolve(cfg.out_dir if cfg.source == "embedded" else cfg.real_root)
-    return {"s3dis": base, "shapenetpart": base / dr.SHAPENETPART_DIR}
+    return {"s3dis": base, "shapenetpart": base / dr.SHAPENETPART_DIR,
+            "scannet": base / SCANNET_DIR}  # fmt: skip
 
 
 def _relative(path: Path) -> str:
@@ -119,7 +159,18 @@ def count(cfg: DenseDataStage, where: dict[str, Path]) -> dict:
         split: dict(Counter(s.category for s in dr.read_shapenetpart(where["shapenetpart"], split)))
         for split in dr.SHAPENETPART_SPLITS
     }
+    boxes = {}
+    for split in scannet.SPLITS:
+        counts = Counter()
+        for scene in scannet.read_scannet(where["scannet"], split):
+            labels, _ = scannet.detection_targets(scene.boxes)
+            counts.update(scannet.SCANNET_CLASSES[c] for c in labels)
+        boxes[split] = dict(sorted(counts.items()))
     return {
+        "scannet": {
+            "scenes": {s: len(scannet.read_split(where["scannet"], s)) for s in scannet.SPLITS},
+            "boxes": boxes,
+        },
         "s3dis": {
             "rooms_per_area": dict(Counter(f"Area_{room.area}" for room in rooms)),
             "points": int(sum(len(room.labels) for room in rooms)),

@@ -65,14 +65,20 @@ def _plane(rng, n, origin, u, v):
 
 
 class _Scan:
-    """Points and labels of a room as they are added."""
+    """Points, labels and object instances of a room as they are added: ``object(category)``
+    opens an instance (1, 2, ...) that the following ``add`` calls belong to."""
 
     def __init__(self, rng: np.random.Generator, density: float):
         self.rng, self.density, self.points, self.labels = rng, density, [], []
+        self.instances, self.categories = [], {}
+
+    def object(self, category: str) -> None:
+        self.categories[len(self.categories) + 1] = category
 
     def add(self, points: np.ndarray, label: str) -> None:
         self.points.append(points)
         self.labels.append(np.full(len(points), LABEL[label]))
+        self.instances.append(np.full(len(points), len(self.categories)))
 
     def rect(self, origin, u, v, label: str, density: float | None = None) -> None:
         area = np.linalg.norm(np.cross(u, v))
@@ -98,6 +104,7 @@ def _wall(scan: _Scan, size, height, wall: int, openings) -> None:
     width, depth = size
     length = width if wall % 2 == 0 else depth
     n = scan.rng.poisson(scan.density * length * height)
+    scan.object("wall")
     s, z = scan.rng.random(n) * length, scan.rng.random(n) * height
     keep = np.ones(n, bool)
     for s0, s1, z0, z1 in openings:
@@ -130,7 +137,9 @@ def _patch(scan: _Scan, size, wall, s0, s1, z0, z1, inset, label, density=None):
 def _shell(scan: _Scan, size, height) -> None:
     """Floor, ceiling, walls with their doors, windows and board; a beam and a column."""
     rng, (width, depth) = scan.rng, size
+    scan.object("floor")
     scan.rect((0, 0, 0), (width, 0, 0), (0, depth, 0), "floor")
+    scan.object("ceiling")
     scan.rect((0, 0, height), (width, 0, 0), (0, depth, 0), "ceiling")
     openings: dict[int, list] = {w: [] for w in range(4)}
     board_wall = int(rng.integers(4)) if rng.random() < 0.7 else -1
@@ -149,6 +158,7 @@ def _shell(scan: _Scan, size, height) -> None:
             if s0 is None:
                 continue
             s1 = s0 + span
+            scan.object(kind)
             if kind == "door":
                 z1 = rng.uniform(2.0, 2.2)
                 openings[wall].append((s0, s1, 0.0, z1))
@@ -170,14 +180,17 @@ def _shell(scan: _Scan, size, height) -> None:
         drop, w = rng.uniform(0.25, 0.4), rng.uniform(0.25, 0.4)
         if rng.random() < 0.5:
             x = rng.uniform(0.3 * width, 0.7 * width)
+            scan.object("beam")
             scan.box((x, 0, height - drop), (x + w, depth, height), "beam")
         else:
             y = rng.uniform(0.3 * depth, 0.7 * depth)
+            scan.object("beam")
             scan.box((0, y, height - drop), (width, y + w, height), "beam")
     if rng.random() < 0.4:  # a column against a wall
         side = rng.uniform(0.3, 0.5)
         x = rng.choice([0.0, width - side])
         y = rng.uniform(0.5, depth - 0.5 - side)
+        scan.object("column")
         scan.box((x, y, 0), (x + side, y + side, height), "column")
 
 
@@ -234,6 +247,7 @@ def _furnish(scan: _Scan, size, kind: str, seed: int, counter) -> None:
         if at is None:
             continue
         points[:, :2] += at
+        scan.object(category)
         scan.add(points, label)
         if label == "table":
             tops.append((at, radius * 0.5, float(points[:, 2].max())))
@@ -244,11 +258,20 @@ def _furnish(scan: _Scan, size, kind: str, seed: int, counter) -> None:
                              next(counter), seed, scan.density * 2)  # fmt: skip
             offset = rng.uniform(-reach, reach, 2)
             points += np.array([x + offset[0], y + offset[1], top])
+            scan.object(category)
             scan.add(points, "clutter")
 
 
 def make_room(seed: int, area: int, index: int, density: float = 300.0) -> Room:
     """Room ``index`` of ``area``: about ``density`` points per square metre of surface."""
+    return make_scene(seed, area, index, density)[0]
+
+
+def make_scene(seed: int, area: int, index: int, density: float = 300.0):
+    """``make_room`` with its object instances: (room, instance id per point (N,) int64 from
+    1, {instance id: category}); a category is a procedural family ('chair', 'desk', 'lamp')
+    or a part of the shell ('wall', 'floor', 'ceiling', 'door', 'window', 'board', 'beam',
+    'column')."""
     rng = room_rng(seed, area, index)
     kind = list(ROOM_TYPES)[(area + index) % len(ROOM_TYPES)]  # every type in a few areas
     size = (float(rng.uniform(3.5, 6.5)), float(rng.uniform(3.5, 6.0)))
@@ -261,5 +284,6 @@ def make_room(seed: int, area: int, index: int, density: float = 300.0) -> Room:
     labels = np.concatenate(scan.labels).astype(np.int64)
     colors = np.clip(COLOURS[labels] + rng.normal(0, 12, (len(labels), 3)), 0, 255)
     points -= points.min(0)
-    return Room(area=area, name=f"{kind}_{index + 1}", points=points.astype(np.float32),
+    room = Room(area=area, name=f"{kind}_{index + 1}", points=points.astype(np.float32),
                 colors=colors.round().astype(np.float32), labels=labels)  # fmt: skip
+    return room, np.concatenate(scan.instances).astype(np.int64), scan.categories
