@@ -1,0 +1,75 @@
+"""A 3DETR-style detector on any encoder of the backbone contract (issue #15, its model part;
+no stage runs it yet).
+
+3DETR (REFERENCE) encodes a PointNet++ set-abstraction pre-encoding of the scene with a
+3-layer transformer, then decodes box queries placed at farthest-point-sampled seeds. The
+transfer this module implements is the one PointGST's detection code uses, which is the likely
+reading of the paper's "3DETR-based" results (it builds on Point-MAE-style encoders, not on
+MaskPoint's scene pretraining): the pretrained encoder takes the place of 3DETR's pre-encoder
+and encoder. Its grouping (FPS centres, kNN patches, mini-PointNet tokenizer) is the set
+abstraction, its blocks the encoder:
+
+- ``encoder.forward_features(points)``: tokens (B, G, D) at centres (B, G, 3);
+- memory = project(tokens) + Fourier(centres); queries at ``num_queries`` FPS seeds of the
+  centres, embedded by Fourier(seed) through an MLP (3DETR's query embedding);
+- a ``depth``-layer transformer decoder (pre-norm, as 3DETR's); per query the class logits over
+  ``num_classes + 1`` (the last: no object), a centre = seed + offset and a size (softplus),
+  axis-aligned as ScanNet's boxes.
+
+Differences from 3DETR, by choice: no auxiliary per-layer losses, no angle bins (ScanNet's
+boxes are axis-aligned), sizes in metres rather than normalised to the scene, Fourier features
+on the raw coordinates with a fixed seeded basis.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+from torch import nn
+
+from mmpd_core.geometry import farthest_point_sample, gather_points
+
+
+class FourierPositions(nn.Module):
+    """xyz (..., 3) -> [sin, cos](2π · xyz @ B) (..., dim), a fixed Gaussian basis B (3, dim/2)
+    of scale ``scale`` drawn from ``seed`` (3DETR's Fourier position embedding)."""
+
+    def __init__(self, dim: int, scale: float = 1.0, seed: int = 0):
+        super().__init__()
+        basis = torch.randn(3, dim // 2, generator=torch.Generator().manual_seed(seed)) * scale
+        self.register_buffer("basis", basis)
+
+    def forward(self, xyz: torch.Tensor) -> torch.Tensor:
+        angles = 2 * math.pi * xyz.float() @ self.basis  # (..., dim / 2)
+        return torch.cat([angles.sin(), angles.cos()], dim=-1)  # (..., dim)
+
+
+class Detector3D(nn.Module):
+    """``forward(points (B, N, 3)) -> {"logits": (B, Q, C + 1), "boxes": (B, Q, 6) centre /
+    size, "seeds": (B, Q, 3)}`` (see the module docstring)."""
+
+    def __init__(self, encoder: nn.Module, num_classes: int, *, num_queries: int = 256,
+                 dim: int = 256, depth: int = 8, heads: int = 4, dropout: float = 0.1):  # fmt: skip
+        super().__init__()
+        self.encoder, self.num_queries = encoder, num_queries
+        self.memory_in = nn.Linear(encoder.dim, dim)
+        self.positions = FourierPositions(dim)
+        self.query_in = nn.Sequential(nn.Linear(dim, dim), nn.ReLU(), nn.Linear(dim, dim))
+        layer = nn.TransformerDecoderLayer(dim, heads, 2 * dim, dropout, batch_first=True,
+                                           norm_first=True)  # fmt: skip
+        self.decoder = nn.TransformerDecoder(layer, depth, norm=nn.LayerNorm(dim))
+        self.classes = nn.Linear(dim, num_classes + 1)
+        self.box = nn.Sequential(nn.Linear(dim, dim), nn.ReLU(), nn.Linear(dim, 6))
+
+    def forward(self, points: torch.Tensor) -> dict[str, torch.Tensor]:
+        features = self.encoder.forward_features(points)
+        centers = features["centers"].float()  # (B, G, 3)
+        memory = self.memory_in(features["tokens"].float()) + self.positions(centers)
+        q = min(self.num_queries, centers.shape[1])
+        seeds = gather_points(centers, farthest_point_sample(centers, q, skip_origin=False))
+        queries = self.query_in(self.positions(seeds))  # (B, Q, dim)
+        out = self.decoder(queries, memory)  # (B, Q, dim)
+        offset, size = self.box(out).split(3, dim=-1)
+        boxes = torch.cat([seeds + offset, nn.functional.softplus(size)], dim=-1)  # (B, Q, 6)
+        return {"logits": self.classes(out), "boxes": boxes, "seeds": seeds}
