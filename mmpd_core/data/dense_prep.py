@@ -147,41 +147,34 @@ def _relative(path: Path) -> str:
         return str(path)
 
 
-def count(cfg: DenseDataStage, where: dict[str, Path]) -> dict:
-    """Read every room and shape once (a malformed file fails here): counts per area, split,
-    class and category."""
-    rooms = dr.read_s3dis(where["s3dis"], range(1, cfg.areas + 1))
-    per_class = Counter()
-    for room in rooms:
-        for k, n in enumerate(np.bincount(room.labels, minlength=len(dr.S3DIS_CLASSES))):
-            per_class[dr.S3DIS_CLASSES[k]] += int(n)
-    parts = {
-        split: dict(Counter(s.category for s in dr.read_shapenetpart(where["shapenetpart"], split)))
-        for split in dr.SHAPENETPART_SPLITS
-    }
+def count(rooms: list[dr.Room], shapes: dict[str, list], scannet_root: Path) -> dict:
+    """Counts per area, class, split and category of what ``run_stage`` read, and of the
+    ScanNet scenes (each read once here: a malformed file fails)."""
+    per_class = sum(np.bincount(r.labels, minlength=len(dr.S3DIS_CLASSES)) for r in rooms)
     boxes = {}
     for split in scannet.SPLITS:
         counts = Counter()
-        for scene in scannet.read_scannet(where["scannet"], split):
+        for scene in scannet.read_scannet(scannet_root, split):
             labels, _ = scannet.detection_targets(scene.boxes)
             counts.update(scannet.SCANNET_CLASSES[c] for c in labels)
         boxes[split] = dict(sorted(counts.items()))
     return {
         "scannet": {
-            "scenes": {s: len(scannet.read_split(where["scannet"], s)) for s in scannet.SPLITS},
+            "scenes": {s: len(scannet.read_split(scannet_root, s)) for s in scannet.SPLITS},
             "boxes": boxes,
         },
         "s3dis": {
             "rooms_per_area": dict(Counter(f"Area_{room.area}" for room in rooms)),
             "points": int(sum(len(room.labels) for room in rooms)),
-            "points_per_class": dict(per_class),
+            "points_per_class": dict(zip(dr.S3DIS_CLASSES, per_class.tolist(), strict=True)),
         },
-        "shapenetpart": parts,
+        "shapenetpart": {k: dict(Counter(s.category for s in v)) for k, v in shapes.items()},
     }
 
 
 def run_stage(cfg: DenseDataStage) -> dict:
-    """Write (embedded) or check (real) both datasets; the manifest and the figure."""
+    """Write (embedded) or check (real) the datasets; the manifest and the figure. Every room
+    and shape is read once, for the counts and the figure both."""
     out = resolve(cfg.out_dir)
     if out.exists():
         shutil.rmtree(out)  # a previous run: nothing stale survives
@@ -190,13 +183,16 @@ def run_stage(cfg: DenseDataStage) -> dict:
     if cfg.source == "embedded":
         write_rooms(cfg, out)
         write_parts(cfg, out)
+    rooms = dr.read_s3dis(where["s3dis"], range(1, cfg.areas + 1))
+    shapes = {s: dr.read_shapenetpart(where["shapenetpart"], s) for s in dr.SHAPENETPART_SPLITS}
     manifest = {
         "config": dataclasses.asdict(cfg),
         "roots": {k: _relative(v) for k, v in where.items()},
-        "counts": count(cfg, where),
+        "counts": count(rooms, shapes, where["scannet"]),
     }
     (out / "manifest.json").write_text(json.dumps(manifest, indent=1))
-    figure(where, resolve(cfg.figure))
+    test_rooms = [room for room in rooms if room.area == dr.S3DIS_TEST_AREA]
+    figure(test_rooms, shapes["test"], resolve(cfg.figure))
     return manifest
 
 
@@ -222,11 +218,11 @@ def legend(fig) -> None:
     fig.legend(handles=handles, loc="lower center", ncol=7, fontsize=7, frameon=False)
 
 
-def figure(where: dict[str, Path], path: Path) -> Path:
+def figure(test_rooms: list[dr.Room], test_shapes: list, path: Path) -> Path:
     """Two rooms of the test area from above, and one object per category by part."""
-    test_rooms = dr.read_s3dis(where["s3dis"], [dr.S3DIS_TEST_AREA])[:2]
+    test_rooms = test_rooms[:2]
     shapes = {}
-    for shape in dr.read_shapenetpart(where["shapenetpart"], "test"):
+    for shape in test_shapes:
         shapes.setdefault(shape.category, shape)
     columns = len(test_rooms) + min(len(shapes), 4)
     fig = plt.figure(figsize=(3 * columns, 3.6))

@@ -177,11 +177,13 @@ def rotate_z(points: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
 
 
 class PartDataset(Dataset):
-    """``num_points`` of each shape (with replacement, as upstream), unit-sphere normalised;
-    training draws afresh every epoch, testing draws once (seeded)."""
+    """``num_points`` of each shape (with replacement, as upstream) after the whole shape is
+    normalised to the unit sphere (upstream's order: ``pc_normalize``, then the draw; done once
+    here); training draws afresh every epoch, testing draws once (seeded)."""
 
     def __init__(self, shapes, num_points: int, seed: int, train: bool):
         self.shapes, self.n, self.seed, self.train, self.epoch = shapes, num_points, seed, train, 0
+        self.points = [normalize_unit_sphere(torch.from_numpy(s.points)).float() for s in shapes]
 
     def set_epoch(self, epoch: int) -> None:
         self.epoch = epoch
@@ -192,11 +194,10 @@ class PartDataset(Dataset):
     def __getitem__(self, index: int) -> dict:
         shape = self.shapes[index]
         rng = np.random.default_rng([self.seed, self.epoch if self.train else 1 << 20, index])
-        picked = rng.choice(len(shape.labels), self.n, replace=True)
-        points = normalize_unit_sphere(torch.from_numpy(shape.points[picked]))
+        picked = torch.from_numpy(rng.choice(len(shape.labels), self.n, replace=True))
         return {
-            "points": points.float(),
-            "labels": torch.from_numpy(shape.labels[picked]),
+            "points": self.points[index][picked],
+            "labels": torch.from_numpy(shape.labels)[picked],
             "category": torch.tensor(CATEGORIES.index(shape.category)),
         }
 
