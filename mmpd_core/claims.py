@@ -2,8 +2,9 @@
 
 Each claim compares two encoders (``a`` beats ``b``) on the cells of one result grid (Table 3:
 ``classification``; Tables 4, 7, 8, 11: ``ablations``; Table 1: few-shot; Table 2: zero-shot
-against chance; Table 6 and part segmentation: ``segmentation``, scores in place of
-accuracies). Seeds are paired: the i-th seed of a cell transfers the i-th independent
+against chance; Table 6 and part segmentation: ``segmentation``; ScanNet detection:
+``detection``; these two with scores (mIoU, AP) in place of accuracies). Seeds are paired: the
+i-th seed of a cell transfers the i-th independent
 pretraining run of its encoder (``config.seed_refs``) with head / fine-tuning seed i, so the
 i-th paired difference ``d_i`` (averaged over the claim's datasets) carries pretraining noise as
 well as transfer noise.
@@ -138,6 +139,10 @@ CLAIMS = (
           "scratch", "segmentation", datasets=("S3DIS mIoU",)),
     Claim("App. B", "Ours beats the Point-MAE baseline at part segmentation (instance mIoU)",
           "stage2", "stage2:point_mae", "segmentation", datasets=("parts inst. mIoU",)),
+    Claim("App. B", "Ours beats the Point-MAE baseline at ScanNet detection (AP25)", "stage2",
+          "stage2:point_mae", "detection", datasets=("ScanNet AP25",)),
+    Claim("App. B", "pretraining beats training from scratch at ScanNet detection (AP25)",
+          "stage2", "scratch", "detection", datasets=("ScanNet AP25",)),
 )  # fmt: skip
 
 
@@ -180,22 +185,24 @@ def zeroshot_seeds(records: list[dict]) -> dict[tuple[str, str], list[dict]]:
     return out
 
 
-SEGMENTATION_COLUMNS = {  # (task, score) -> the claims' column name
+DENSE_COLUMNS = {  # (task, score) -> the claims' column name
     ("semantic", "miou"): "S3DIS mIoU",
     ("semantic", "macc"): "S3DIS mAcc",
     ("part", "instance_miou"): "parts inst. mIoU",
     ("part", "class_miou"): "parts class mIoU",
+    ("detection", "ap25"): "ScanNet AP25",
+    ("detection", "ap50"): "ScanNet AP50",
 }
 
 
-def segmentation_seeds(results_dir: str | Path) -> dict[tuple[str, str], list[dict]]:
+def dense_seeds(results_dir: str | Path) -> dict[tuple[str, str], list[dict]]:
     """{(checkpoint, column): per-seed rows ({seed, run, acc: the score})} of the segmentation
-    stage's per-encoder files (``<results_dir>/<task>/<encoder>.json``, a variant's under its
-    stage's folder: ``semantic/stage2_variants/point_mae.json``)."""
+    or detection stage's per-encoder files (``<results_dir>/[<task>/]<encoder>.json``, a
+    variant's under its stage's folder: ``semantic/stage2_variants/point_mae.json``)."""
     out = {}
     for path in sorted(Path(results_dir).rglob("*.json")):
         cell = json.loads(path.read_text())
-        for (task, key), column in SEGMENTATION_COLUMNS.items():
+        for (task, key), column in DENSE_COLUMNS.items():
             if cell.get("task") == task:
                 out[(cell["checkpoint"], column)] = [
                     {"seed": r["seed"], "run": r["run"], "acc": r[key]} for r in cell["seeds"]
@@ -290,8 +297,8 @@ def _where(claim: Claim, columns) -> str:
         return "zero-shot top-1, MN40 test split"
     if claim.grid == "fewshot":
         return f"few-shot, {len(columns)} settings"
-    if claim.grid == "segmentation":
-        return f"segmentation: {', '.join(columns)}"
+    if claim.grid in ("segmentation", "detection"):
+        return f"{claim.grid}: {', '.join(columns)}"
     protocol = claim.protocol or "ablation protocol"
     if claim.protocol_b:
         protocol = f"{claim.protocol} vs {claim.protocol_b}"
@@ -305,10 +312,11 @@ def read_sources(
     fewshot: str | Path,
     zeroshot: str | Path,
     segmentation: str | Path = "",
+    detection: str | Path = "",
 ) -> dict:
     """Every grid's per-seed results from the files the stages write: the per-cell JSON
     folders beside the classification / ablation CSVs, ``fewshot.json``, ``zeroshot.json``
-    and the segmentation stage's results folder."""
+    and the segmentation and detection stages' results folders."""
     classification, ablations = Path(classification), Path(ablations)
     sources = {
         f"classification:{p}": grid_seeds(classification.with_suffix(""), p)
@@ -320,5 +328,7 @@ def read_sources(
     if Path(zeroshot).is_file():
         sources["zeroshot"] = zeroshot_seeds(json.loads(Path(zeroshot).read_text()))
     if segmentation and Path(segmentation).is_dir():
-        sources["segmentation"] = segmentation_seeds(segmentation)
+        sources["segmentation"] = dense_seeds(segmentation)
+    if detection and Path(detection).is_dir():
+        sources["detection"] = dense_seeds(detection)
     return sources

@@ -317,6 +317,7 @@ class ReportStage:
     fewshot: str
     zeroshot: str  # per-run zero-shot accuracies (the claims table)
     segmentation: str  # the segmentation stage's results folder (the claims table)
+    detection: str  # the detection stage's results folder (the claims table)
     model: str  # backbone whose parameter count Table 5 lists
     out_dir: str
 
@@ -431,6 +432,54 @@ class SegmentationStage:
             raise ValueError("segmentation needs at least one seed and one checkpoint")
 
 
+@dataclass(frozen=True)
+class DetectionRecipe(Schedule):
+    """Fine-tuning the detector on ScanNet-layout scenes: the schedule, the points per scene
+    and the encoder's grouping over them (0: the model's own), drop path, and how often each
+    training scene is drawn per epoch (a fresh sample and augmentation each time)."""
+
+    __pydantic_config__ = STRICT
+    num_points: int
+    num_groups: int
+    group_size: int
+    drop_path_rate: float
+    repeats: int = 1
+
+    def __post_init__(self):
+        if not 0 <= self.warmup_epochs <= self.epochs:
+            raise ValueError(f"warmup_epochs {self.warmup_epochs} must lie in [0, {self.epochs}]")
+        if self.repeats < 1:
+            raise ValueError(f"repeats must be at least 1, got {self.repeats}")
+
+
+@dataclass(frozen=True)
+class DetectionStage:
+    """The ``detection`` stage: a 3DETR-style detector fine-tuned from every encoder over
+    seeds, the detection table and a figure of boxes over a validation scene."""
+
+    __pydantic_config__ = STRICT
+    model: str  # architecture of a scratch encoder
+    data_manifest: str
+    checkpoints: tuple[str, ...]  # run names (config.run_dir) or "scratch"
+    seeds: tuple[int, ...]
+    detector: dict  # Detector3D sizes: num_queries, dim, depth, heads, dropout
+    recipe: DetectionRecipe
+    nms_iou: float  # class-aware 3D NMS over the predicted boxes (3DETR / VoteNet: 0.25)
+    conf_thresh: float  # objectness below this drops a box before NMS (0.05)
+    num_workers: int
+    out_dir: str  # per-run checkpoints while training (deleted when a run ends)
+    results_dir: str
+    tables_dir: str
+    figure: str
+
+    def __post_init__(self):
+        if not self.seeds or not self.checkpoints:
+            raise ValueError("detection needs at least one seed and one checkpoint")
+        if not 0 < self.nms_iou <= 1 or not 0 <= self.conf_thresh < 1:
+            raise ValueError(f"nms_iou must lie in (0, 1] and conf_thresh in [0, 1), got "
+                             f"{self.nms_iou}, {self.conf_thresh}")  # fmt: skip
+
+
 STAGES: dict[str, type] = {
     "models": ModelsStage,
     "data_prep": DataPrepStage,
@@ -447,6 +496,7 @@ STAGES: dict[str, type] = {
     "selection": SelectionStage,
     "dense_data": DenseDataStage,
     "segmentation": SegmentationStage,
+    "detection": DetectionStage,
 }
 
 # ---------------------------------------------------------------------------- run names

@@ -439,6 +439,10 @@ def write_index(path: Path, tables: str, context: str) -> None:
         "ShapeNetPart protocol (segmentation stage) |",
         "| [segmentation_room.png](figures/segmentation_room.png) | - | a test room: truth "
         "beside each encoder's prediction |",
+        "| [table_detection.md](tables/table_detection.md) | App. B | 3D detection, ScanNet "
+        "layout, 3DETR-style decoder (detection stage) |",
+        "| [detection_scene.png](figures/detection_scene.png) | - | a val scene: true boxes "
+        "and each encoder's detections |",
         "| [dense_data.png](figures/dense_data.png) | - | the dense tasks' data: rooms by "
         "label, objects by part |",
         "| [tsne_modelnet40.png](figures/tsne_modelnet40.png) (.pdf) | t-SNE figures | "
@@ -470,6 +474,7 @@ def run_stage(cfg: ReportStage, smoke: bool | None = None) -> dict[str, pd.DataF
     sources = claims.read_sources(
         resolve(cfg.classification), resolve(cfg.ablations), cfg.ablation_protocol,
         resolve(cfg.fewshot), resolve(cfg.zeroshot), resolve(cfg.segmentation),
+        resolve(cfg.detection),
     )  # fmt: skip
     return build_all(
         cfg.out_dir,

@@ -147,3 +147,28 @@ def test_segmentation_claims_read_every_encoder_file_including_variants(tmp_path
     assert miou["pretraining runs (a / b)"] == "2 / 2"
     parts = table.loc["Ours beats the Point-MAE baseline at part segmentation (instance mIoU)"]
     assert parts["verdict"] == "not run"  # no part results written
+
+
+def test_detection_claims_pair_seeds_on_ap25(tmp_path):
+    """The detection stage writes ``<encoder>.json`` (a variant's one folder deeper); its
+    claims pair the seeds' AP25."""
+    root = tmp_path / "detection"
+    scores = {"stage2": [12.0, 16.0], "stage2:point_mae": [10.0, 11.0], "scratch": [9.0, 9.0]}
+    for checkpoint, aps in scores.items():
+        path = root / f"{checkpoint.replace('stage2:', 'stage2_variants/')}.json"
+        path.parent.mkdir(parents=True, exist_ok=True)
+        rows = [{"seed": i, "run": f"{checkpoint}@{i}", "ap25": ap, "ap50": ap / 2}
+                for i, ap in enumerate(aps)]  # fmt: skip
+        path.write_text(json.dumps({"task": "detection", "checkpoint": checkpoint, "seeds": rows}))
+    sources = claims.read_sources(
+        tmp_path / "c.csv", tmp_path / "a.csv", "linear", tmp_path / "f.json",
+        tmp_path / "z.json", tmp_path / "no-segmentation", root,
+    )  # fmt: skip
+    assert sources["detection"][("stage2", "ScanNet AP50")][1]["acc"] == 8.0
+    table = claims.claims_table(sources, "embedded").set_index("claim")
+    ours = table.loc["Ours beats the Point-MAE baseline at ScanNet detection (AP25)"]
+    assert ours["this run Δ"].startswith("+3.5") and ours["n"] == 2  # (2 + 5) / 2
+    assert ours["measured on"] == "detection: ScanNet AP25"
+    scratch = table.loc["pretraining beats training from scratch at ScanNet detection (AP25)"]
+    assert scratch["this run Δ"].startswith("+5.0")
+    assert scratch["pretraining runs (a / b)"] == "2 / -"

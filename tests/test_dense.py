@@ -1,6 +1,7 @@
 """The dense tasks' data and protocols (issue #14): procedural rooms and part shapes, training
 blocks, whole-room windows and votes, class weights, category-restricted part predictions, the
-head's split first layer, and both stages end to end at smoke size."""
+head's split first layer, and the segmentation and detection stages end to end at smoke
+size."""
 
 from __future__ import annotations
 
@@ -16,8 +17,9 @@ from mmpd_core import config
 from mmpd_core.data import dense_prep
 from mmpd_core.data import dense_readers as dr
 from mmpd_core.data.rooms import LABEL, make_room
+from mmpd_core.data.scannet import SCANNET_CLASSES
 from mmpd_core.models import create_model
-from mmpd_core.tasks import dense, dense_stage
+from mmpd_core.tasks import dense, dense_stage, detection_stage
 from mmpd_core.tasks.segmentation import SegmentationHead, tap_layers
 
 RECIPE = config.load("segmentation").semantic
@@ -219,3 +221,24 @@ def test_segmentation_stage_end_to_end(dense_data, tmp_path):
     assert 0 < part["seeds"][0]["instance_miou"] <= 100
     assert (tmp_path / "tables" / "table_partseg.md").is_file()
     assert (tmp_path / "room.png").is_file()
+
+
+def test_detection_stage_end_to_end(dense_data, tmp_path):
+    _, _, root = dense_data
+    cfg = config.load("detection", smoke=True)
+    cfg = dataclasses.replace(
+        cfg, checkpoints=("scratch",), data_manifest=str(root / "data" / "manifest.json"),
+        out_dir=str(tmp_path / "runs"), results_dir=str(tmp_path / "results"),
+        tables_dir=str(tmp_path / "tables"), figure=str(tmp_path / "scene.png"),
+    )  # fmt: skip
+    frame = detection_stage.run_stage(cfg)
+    assert list(frame["method"]) == ["From scratch", *detection_stage.PUBLISHED]
+    result = json.loads((tmp_path / "results" / "scratch.json").read_text())
+    scores = result["seeds"][0]
+    assert 0 <= scores["ap50"] <= scores["ap25"] <= 100 and result["selection"] == "last epoch"
+    assert set(scores["ap25_per_class"]) <= set(SCANNET_CLASSES)
+    summary = json.loads((tmp_path / "results.json").read_text())
+    assert set(summary) == {"scratch"} and "ap25_mean" in summary["scratch"]
+    assert (tmp_path / "tables" / "table_detection.md").is_file()
+    assert (tmp_path / "scene.png").stat().st_size > 10_000
+    assert not list((tmp_path / "runs").rglob("epoch-*"))  # checkpoints removed after the run

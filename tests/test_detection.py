@@ -1,5 +1,6 @@
 """3DETR's set objective: GIoU by hand, the Hungarian matching against enumeration, and the
-set loss's terms on hand-built predictions (issue #15, its matching part)."""
+set loss's terms on hand-built predictions; the scene data and its augmentation, NMS and the
+post-processing into scored detections (issue #15)."""
 
 from __future__ import annotations
 
@@ -9,7 +10,19 @@ import numpy as np
 import pytest
 import torch
 
-from mmpd_core.tasks.detection import SetCriterion, generalized_iou, to_corners
+from mmpd_core.data.scannet import Scene
+from mmpd_core.tasks.detection import (
+    SceneDataset,
+    SceneTargets,
+    SetCriterion,
+    collate,
+    detections,
+    generalized_iou,
+    nms,
+    rotate_boxes_z,
+    to_corners,
+    truths,
+)
 
 
 def test_generalized_iou_by_hand():
@@ -138,3 +151,86 @@ def test_detector_fits_one_scene():
         loss.backward()
         optimizer.step()
     assert loss.item() < 0.3 * first and terms["giou"] < 0.3
+
+
+# ---------------------------------------------------------------------------- data, inference
+
+
+def test_extent_puts_the_l1_terms_in_scene_units():
+    criterion = SetCriterion(num_classes=1)
+    truth = torch.tensor([[1.0, 1.0, 1.0, 1.0, 1.0, 1.0]])
+    boxes = torch.tensor([[[1.5, 1.0, 1.0, 1.0, 1.0, 2.0]]])  # centre x + 0.5, size z + 1
+    logits = torch.tensor([[[20.0, -20.0]]])
+    target = {"labels": torch.tensor([0]), "boxes": truth, "extent": torch.tensor([5.0, 4.0, 2.0])}
+    _, terms = criterion(logits, boxes, [target])
+    assert terms["center"] == pytest.approx(0.5 / 5) and terms["size"] == pytest.approx(1 / 2)
+
+
+def test_rotating_boxes_encloses_the_rotated_box():
+    boxes = np.array([[1.0, 0.0, 0.5, 2.0, 1.0, 1.0]])
+    quarter = rotate_boxes_z(boxes, np.pi / 2)  # x -> y: centre (0, 1), sizes swap
+    np.testing.assert_allclose(quarter, [[0.0, 1.0, 0.5, 1.0, 2.0, 1.0]], atol=1e-12)
+    eighth = rotate_boxes_z(boxes, np.pi / 4)  # enclosing square of side (2 + 1) / sqrt(2)
+    side = 3 / np.sqrt(2)
+    np.testing.assert_allclose(eighth, [[np.sqrt(0.5), np.sqrt(0.5), 0.5, side, side, 1.0]])
+
+
+def boxed_scene() -> SceneTargets:
+    """Two boxes filled with points, one left empty of points: a scene whose every point lies
+    in a known box."""
+    rng = np.random.default_rng(0)
+    boxes = np.array([[1.0, 2.0, 0.5, 1.0, 0.6, 1.0], [-2.0, -1.0, 0.4, 0.5, 0.5, 0.8]],
+                     np.float32)  # fmt: skip
+    points = np.concatenate([b[:3] + (rng.random((300, 3)) - 0.5) * b[3:] for b in boxes])
+    return SceneTargets("s", points.astype(np.float32), np.array([2, 4]), boxes)
+
+
+def test_augmentation_moves_points_and_boxes_together():
+    scene = boxed_scene()
+    dataset = SceneDataset([scene], 400, seed=3, train=True, repeats=3)
+    assert len(dataset) == 3
+    changed = 0
+    for epoch in range(4):
+        dataset.set_epoch(epoch)
+        for item in dataset:
+            corners = to_corners(item["boxes"].double()).numpy()
+            points = item["points"].double().numpy()
+            inside = [((points >= c[:3] - 1e-5) & (points <= c[3:] + 1e-5)).all(1) for c in corners]
+            assert np.logical_or(*inside).all()  # every point still in its (enclosing) box
+            changed += not np.allclose(item["boxes"].numpy(), scene.boxes)
+            np.testing.assert_allclose(item["extent"], points.max(0) - points.min(0), rtol=1e-5)
+    assert changed >= 10  # flips and rotations happened
+    test = SceneDataset([scene], 400, seed=3, train=False)
+    torch.testing.assert_close(test[0]["points"], test[0]["points"])  # one fixed draw
+    np.testing.assert_array_equal(test[0]["boxes"].numpy(), scene.boxes)
+    batch = collate([dataset[0], dataset[1]])
+    assert batch["points"].shape == (2, 400, 3) and len(batch["targets"]) == 2
+
+
+def test_scene_targets_centre_the_scene_and_keep_detection_classes():
+    vertices = np.zeros((4, 6), np.float32)
+    vertices[:, :3] = [[0, 0, 0], [4, 2, 1], [1, 1, 2], [2, 0, 0]]
+    boxes = np.array([[1, 1, 0.5, 1, 1, 1, 5], [3, 1, 0.5, 1, 1, 1, 1]], np.float32)  # chair, wall
+    scene = Scene("x", vertices, np.zeros(4, np.int64), np.zeros(4, np.int64), boxes)
+    targets = SceneTargets.of(scene)
+    np.testing.assert_allclose(targets.points[1], [2, 1, 1])  # xy centre (2, 1) moved to 0
+    np.testing.assert_array_equal(targets.labels, [2])  # NYU40 5 = chair, class 2; wall dropped
+    np.testing.assert_allclose(targets.boxes, [[-1, 0, 0.5, 1, 1, 1]])
+
+
+def test_nms_suppresses_overlaps_of_one_class_only():
+    boxes = np.array([[0, 0, 0, 1, 1, 1], [0.1, 0, 0, 1.1, 1, 1], [0.1, 0, 0, 1.1, 1, 1],
+                      [3, 3, 3, 4, 4, 4]], float)  # fmt: skip
+    scores = np.array([0.9, 0.8, 0.7, 0.1])
+    kept = nms(boxes, scores, np.array([0, 0, 1, 0]), threshold=0.25)
+    assert kept.tolist() == [0, 2, 3]  # box 1 overlaps box 0 (IoU 0.82), box 2 is another class
+
+
+def test_detections_propose_every_class_scored_by_objectness():
+    logits = torch.log(torch.tensor([[0.6, 0.3, 0.1], [0.02, 0.01, 0.97]]))  # 2 classes + none
+    boxes = torch.tensor([[0.0, 0, 0, 1, 1, 1], [5.0, 5, 5, 1, 1, 1]])
+    found = detections("s", logits, boxes, conf_thresh=0.05)  # query 1: objectness 0.03
+    assert [(d.label, round(d.score, 6)) for d in found] == [(0, 0.54), (1, 0.27)]
+    np.testing.assert_allclose(found[0].box, [-0.5, -0.5, -0.5, 0.5, 0.5, 0.5])
+    label, box = truths([boxed_scene()])["s"][1]
+    assert label == 4 and box == pytest.approx([-2.25, -1.25, 0.0, -1.75, -0.75, 0.8])

@@ -205,5 +205,10 @@ def test_paper_profile_runs_the_whole_dag(paper_repo):
     assert set(json.loads(segmentation.with_suffix(".json").read_text())) == {
         f"{task}/{run}" for task in ("semantic", "part") for run in ("scratch", "stage2")
     }
+    detection = json.loads((paper_repo / "reports/results/detection/stage2.json").read_text())
+    assert detection["recipe"]["lr"] == 5.0e-4 and detection["recipe"]["epochs"] == 1  # smoke
+    assert detection["detector"]["depth"] == 1  # smoke; the paper's 8 otherwise
+    summary = json.loads((paper_repo / "reports/results/detection.json").read_text())
+    assert set(summary) == {"scratch", "stage2"}
     fewshot = json.loads((paper_repo / "reports/results/fewshot/fewshot.json").read_text())
     assert fewshot["protocol"] == "full" and fewshot["rows"][0]["folds"] == 2

@@ -11,14 +11,16 @@ abstraction, its blocks the encoder:
 
 - ``encoder.forward_features(points)``: tokens (B, G, D) at centres (B, G, 3);
 - memory = project(tokens) + Fourier(centres); queries at ``num_queries`` FPS seeds of the
-  centres, embedded by Fourier(seed) through an MLP (3DETR's query embedding);
+  centres, embedded by Fourier(seed) through an MLP (3DETR's query embedding); the Fourier
+  features take coordinates normalised to the input's point range, [0, 1] per axis (3DETR's
+  ``input_range``), so their frequencies do not depend on the scene's size;
 - a ``depth``-layer transformer decoder (pre-norm, as 3DETR's); per query the class logits over
   ``num_classes + 1`` (the last: no object), a centre = seed + offset and a size (softplus),
   axis-aligned as ScanNet's boxes.
 
 Differences from 3DETR, by choice: no auxiliary per-layer losses, no angle bins (ScanNet's
-boxes are axis-aligned), sizes in metres rather than normalised to the scene, Fourier features
-on the raw coordinates with a fixed seeded basis.
+boxes are axis-aligned), centres and sizes predicted in the input's units (the set loss
+normalises them by the scene's extent, as 3DETR's), a fixed seeded Fourier basis.
 """
 
 from __future__ import annotations
@@ -65,10 +67,13 @@ class Detector3D(nn.Module):
     def forward(self, points: torch.Tensor) -> dict[str, torch.Tensor]:
         features = self.encoder.forward_features(points)
         centers = features["centers"].float()  # (B, G, 3)
-        memory = self.memory_in(features["tokens"].float()) + self.positions(centers)
+        low = points.float().amin(1, keepdim=True)  # (B, 1, 3): the scene's range, as 3DETR
+        span = (points.float().amax(1, keepdim=True) - low).clamp(min=1e-6)
+        memory = self.memory_in(features["tokens"].float())
+        memory = memory + self.positions((centers - low) / span)
         q = min(self.num_queries, centers.shape[1])
         seeds = gather_points(centers, farthest_point_sample(centers, q, skip_origin=False))
-        queries = self.query_in(self.positions(seeds))  # (B, Q, dim)
+        queries = self.query_in(self.positions((seeds - low) / span))  # (B, Q, dim)
         out = self.decoder(queries, memory)  # (B, Q, dim)
         offset, size = self.box(out).split(3, dim=-1)
         boxes = torch.cat([seeds + offset, nn.functional.softplus(size)], dim=-1)  # (B, Q, 6)
