@@ -2,8 +2,10 @@
 
 One training step (forward, backward, AdamW; bf16 autocast) of each stage's model at the paper
 profile's size (``point_mae``, 1,024 points; fine-tuning with the upstream per-step resampling
-of the stored 8,192 / 2,048 points), per sample, as a ratio to the Point-MAE baseline's
-pretraining step. The README turns the ratios into GPU hours by anchoring them on the paper's
+of the stored 8,192 / 2,048 points; ScanNet detection: the 3DETR-style detector on 40,000
+points, Point-MAE's encoder on 2,048 groups of 64, 256 queries, 8 decoder layers, with an
+assumed 12 boxes per scene), per sample, as a ratio to the Point-MAE baseline's pretraining
+step. The README turns the ratios into GPU hours by anchoring them on the paper's
 Table 5 (Point-MAE pretraining: 15.2 h on one A100 for 300 epochs of ShapeNet-55).
 
     python benchmarks/bench_paper_stages.py [--batch 8] [--repeats 3]
@@ -22,7 +24,8 @@ from mmpd_core.models import create_model
 from mmpd_core.profiling import time_steps
 from mmpd_core.stage1 import Stage1Model, Stage1Step
 from mmpd_core.stage2 import Stage2Step, build_model
-from mmpd_core.tasks import classification
+from mmpd_core.tasks import classification, detection
+from mmpd_core.tasks.detector import Detector3D
 from mmpd_core.teachers.cache import TargetSource
 
 TEACHER_DIMS = {"clip_image": 512, "clip_text": 512, "dinov2": 768}  # the paper's teachers
@@ -83,7 +86,22 @@ def steps(batch: int) -> dict:
         model = create_model("point_mae", num_classes=40, num_groups=groups)
         data = {"points": torch.rand(batch, stored, 3) * 2 - 1, "label": torch.arange(batch) % 40}
         out[name] = (model, classification.ClassifierStep(recipe), data)
+    out["fine-tune ScanNet detection"] = detection_step(batch)
     return out
+
+
+def detection_step(batch: int, boxes: int = 12):
+    """The paper profile's detector and one batch of random scenes with ``boxes`` boxes each."""
+    cfg = config.load("detection", profile="paper", smoke=False)
+    recipe = cfg.recipe
+    encoder = create_model(cfg.model, num_groups=recipe.num_groups, group_size=recipe.group_size)
+    model = Detector3D(encoder, detection.NUM_CLASSES, **cfg.detector)
+    scene = torch.rand(batch, recipe.num_points, 3) * torch.tensor([6.0, 6.0, 3.0])
+    targets = [{"labels": torch.randint(0, detection.NUM_CLASSES, (boxes,)),
+                "boxes": torch.cat([torch.rand(boxes, 3) * 5, 0.3 + torch.rand(boxes, 3)], 1),
+                "extent": torch.tensor([6.0, 6.0, 3.0])} for _ in range(batch)]  # fmt: skip
+    step = detection.DetectionStep(detection.SetCriterion(detection.NUM_CLASSES))
+    return model, step, {"points": scene, "targets": targets}
 
 
 def main() -> None:

@@ -40,6 +40,7 @@ PUBLISHED = {  # ScanNetV2 val, (AP25, AP50), as their papers report them (REFER
     "MaskPoint (published)": (63.4, 40.6),
 }
 SHOWN_SCORE = 0.3  # the figure draws detections scoring at least this
+SHOWN_HEIGHT = 0.7  # and the points below this fraction of the scene's height (no ceiling)
 
 
 def load_data(cfg: DetectionStage) -> dict[str, list[det.SceneTargets]]:
@@ -177,9 +178,12 @@ def table(cfg: DetectionStage, results: list[dict]) -> pd.DataFrame:
 
 
 def _top_view(ax, scene: det.SceneTargets, title: str) -> None:
-    order = np.argsort(scene.points[:, 2])
-    ax.scatter(*scene.points[order, :2].T, c=scene.points[order, 2], cmap="Greys", s=0.3,
-               vmin=-1.0, vmax=float(scene.points[:, 2].max()), rasterized=True)  # fmt: skip
+    z = scene.points[:, 2]
+    top = z.min() + SHOWN_HEIGHT * (z.max() - z.min())
+    shown = scene.points[z < top]
+    order = np.argsort(shown[:, 2])
+    ax.scatter(*shown[order, :2].T, c=shown[order, 2], cmap="Greys", s=0.3, vmin=-1.0,
+               vmax=float(top), rasterized=True)  # fmt: skip
     ax.set_title(title, fontsize=9)
     ax.set_aspect("equal")
     ax.axis("off")
@@ -211,8 +215,9 @@ def figure(cfg: DetectionStage, scene: det.SceneTargets, shown: dict, path: Path
         for d in found:
             if d.score >= SHOWN_SCORE:
                 _rectangle(ax, d.box, "tab:red", "--")
-    fig.suptitle(f"{scene.name}: true boxes (green), detections scoring ≥ {SHOWN_SCORE} "
-                 "(red, dashed), seen from above", fontsize=9)  # fmt: skip
+    fig.suptitle(f"{scene.name} from above (points below {SHOWN_HEIGHT:.0%} of its height): "
+                 f"true boxes (green), detections scoring ≥ {SHOWN_SCORE} (red, dashed)",
+                 fontsize=9)  # fmt: skip
     fig.tight_layout()
     path = resolve(path)
     path.parent.mkdir(parents=True, exist_ok=True)
