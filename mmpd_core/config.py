@@ -460,9 +460,10 @@ class DetectionStage:
     __pydantic_config__ = STRICT
     model: str  # architecture of a scratch encoder
     data_manifest: str
-    checkpoints: tuple[str, ...]  # run names (config.run_dir) or "scratch"
+    checkpoints: tuple[str, ...]  # run names (config.run_dir), "scratch" or "3detr"
     seeds: tuple[int, ...]
     detector: dict  # Detector3D sizes: num_queries, dim, depth, heads, dropout
+    threedetr: dict  # ThreeDETREncoder sizes (the "3detr" checkpoint: 3DETR's own encoder)
     recipe: DetectionRecipe
     nms_iou: float  # class-aware 3D NMS over the predicted boxes (3DETR / VoteNet: 0.25)
     conf_thresh: float  # objectness below this drops a box before NMS (0.05)

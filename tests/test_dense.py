@@ -227,18 +227,22 @@ def test_detection_stage_end_to_end(dense_data, tmp_path):
     _, _, root = dense_data
     cfg = config.load("detection", smoke=True)
     cfg = dataclasses.replace(
-        cfg, checkpoints=("scratch",), data_manifest=str(root / "data" / "manifest.json"),
+        cfg, checkpoints=("3detr", "scratch"), data_manifest=str(root / "data" / "manifest.json"),
         out_dir=str(tmp_path / "runs"), results_dir=str(tmp_path / "results"),
         tables_dir=str(tmp_path / "tables"), figure=str(tmp_path / "scene.png"),
     )  # fmt: skip
     frame = detection_stage.run_stage(cfg)
-    assert list(frame["method"]) == ["From scratch", *detection_stage.PUBLISHED]
+    assert list(frame["method"]) == [
+        "3DETR's encoder, from scratch",
+        "From scratch",
+        *detection_stage.PUBLISHED,
+    ]
     result = json.loads((tmp_path / "results" / "scratch.json").read_text())
     scores = result["seeds"][0]
     assert 0 <= scores["ap50"] <= scores["ap25"] <= 100 and result["selection"] == "last epoch"
     assert set(scores["ap25_per_class"]) <= set(SCANNET_CLASSES)
     summary = json.loads((tmp_path / "results.json").read_text())
-    assert set(summary) == {"scratch"} and "ap25_mean" in summary["scratch"]
+    assert set(summary) == {"3detr", "scratch"} and "ap25_mean" in summary["3detr"]
     assert (tmp_path / "tables" / "table_detection.md").is_file()
     assert (tmp_path / "scene.png").stat().st_size > 10_000
     assert not list((tmp_path / "runs").rglob("epoch-*"))  # checkpoints removed after the run

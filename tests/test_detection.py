@@ -107,19 +107,28 @@ def test_set_loss_trains_boxes_towards_their_targets():
     assert terms["matched"] == 0 and terms["giou"] == 0.0
 
 
-@pytest.mark.parametrize("name", ["point_mae_tiny", "point_m2ae_small", "point_mamba_tiny"])
+@pytest.mark.parametrize(
+    "name", ["point_mae_tiny", "point_m2ae_small", "point_mamba_tiny", "3detr"]
+)
 def test_detector_runs_on_every_backbone(name):
     from mmpd_core.models import create_model
-    from mmpd_core.tasks.detector import Detector3D
+    from mmpd_core.tasks.detector import Detector3D, ThreeDETREncoder
 
     torch.manual_seed(0)
-    encoder = create_model(name)
+    if name == "3detr":
+        encoder = ThreeDETREncoder(num_groups=32, group_size=16, radius=0.5, mlp=(32, 64),
+                                   depth=1, ffn=64)  # fmt: skip
+    else:
+        encoder = create_model(name)
     detector = Detector3D(encoder, num_classes=5, num_queries=8, dim=32, depth=2)
     points = torch.rand(2, 512, 3) * 4
     out = detector(points)
     assert out["logits"].shape == (2, 8, 6) and out["boxes"].shape == (2, 8, 6)
     assert (out["boxes"][..., 3:] > 0).all()  # sizes
-    seeds_in_centres = torch.cdist(out["seeds"], encoder.forward_features(points)["centers"])
+    centres = encoder.forward_features(points)["centers"]
+    seeds_in_centres = torch.cdist(
+        out["seeds"], centres, compute_mode="donot_use_mm_for_euclid_dist"
+    )
     assert seeds_in_centres.min(-1).values.max() < 1e-5  # queries sit on encoder centres
     truth = torch.tensor([[1.0, 1, 1, 0.5, 0.5, 0.5], [3.0, 3, 1, 1, 1, 1]])
     target = {"labels": torch.tensor([1, 3]), "boxes": truth}
@@ -151,6 +160,21 @@ def test_detector_fits_one_scene():
         loss.backward()
         optimizer.step()
     assert loss.item() < 0.3 * first and terms["giou"] < 0.3
+
+
+def test_threedetr_grouping_keeps_the_ball_and_repeats_the_nearest():
+    from mmpd_core.tasks.detector import ThreeDETREncoder
+
+    encoder = ThreeDETREncoder(num_groups=2, group_size=3, radius=0.5, mlp=(8,), depth=1, ffn=8)
+    line = torch.tensor([[0.0, 0, 0], [0.2, 0, 0], [0.45, 0, 0], [2.0, 0, 0], [2.3, 0, 0]])
+    local, centers = encoder.group(line[None])
+    # FPS from point 0: then the farthest, point 4
+    torch.testing.assert_close(centers[0], line[[0, 4]])
+    # point 0's 3 nearest (0, 0.2, 0.45) all lie in the ball; point 4's are 4, 3 and then
+    # point 2 at 1.85, outside: replaced by the nearest (itself), all divided by the radius
+    torch.testing.assert_close(local[0, 0, :, 0], torch.tensor([0.0, 0.4, 0.9]))
+    torch.testing.assert_close(local[0, 1, :, 0], torch.tensor([0.0, -0.6, 0.0]))
+    assert encoder.forward_features(line[None])["tokens"].shape == (1, 2, 8)
 
 
 # ---------------------------------------------------------------------------- data, inference

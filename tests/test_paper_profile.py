@@ -209,6 +209,6 @@ def test_paper_profile_runs_the_whole_dag(paper_repo):
     assert detection["recipe"]["lr"] == 5.0e-4 and detection["recipe"]["epochs"] == 1  # smoke
     assert detection["detector"]["depth"] == 1  # smoke; the paper's 8 otherwise
     summary = json.loads((paper_repo / "reports/results/detection.json").read_text())
-    assert set(summary) == {"scratch", "stage2"}
+    assert set(summary) == {"3detr", "stage2"}
     fewshot = json.loads((paper_repo / "reports/results/fewshot/fewshot.json").read_text())
     assert fewshot["protocol"] == "full" and fewshot["rows"][0]["folds"] == 2

@@ -79,7 +79,7 @@ def test_dvc_repro_runs_every_stage_then_nothing(smoke_repo):
     assert 0 <= segmentation["semantic/stage2"]["miou_mean"] <= 100
     assert (smoke_repo / "reports/figures/segmentation_room.png").stat().st_size > 10_000
     detection = json.loads((smoke_repo / "reports/results/detection.json").read_text())
-    assert set(detection) == {"scratch", "stage2"}
+    assert set(detection) == {"3detr", "stage2"}
     assert 0 <= detection["stage2"]["ap50_mean"] <= detection["stage2"]["ap25_mean"] <= 100
     assert (smoke_repo / "reports/figures/detection_scene.png").stat().st_size > 10_000
     table3 = pd.read_csv(smoke_repo / "reports/tables/table3_classification.csv")

@@ -1,5 +1,5 @@
-"""A 3DETR-style detector on any encoder of the backbone contract (issue #15, its model part;
-no stage runs it yet).
+"""A 3DETR-style detector on any encoder of the backbone contract, or on 3DETR's own encoder
+(issue #15; the ``detection`` stage runs it).
 
 3DETR (REFERENCE) encodes a PointNet++ set-abstraction pre-encoding of the scene with a
 3-layer transformer, then decodes box queries placed at farthest-point-sampled seeds. The
@@ -18,6 +18,15 @@ abstraction, its blocks the encoder:
   ``num_classes + 1`` (the last: no object), a centre = seed + offset and a size (softplus),
   axis-aligned as ScanNet's boxes.
 
+``ThreeDETREncoder`` is 3DETR's own encoder, trained from scratch (the ``3detr`` row of the
+stage): a PointNet++ set-abstraction layer (FPS centres; the ``group_size`` nearest points
+within ``radius``, xyz relative to the centre and divided by the radius; a shared MLP with
+BatchNorm and ReLU, max-pooled) and a ``depth``-layer pre-norm transformer encoder (3DETR's
+"vanilla" encoder: its ScanNet script's "masked" one, radius-masked attention with a
+downsampling after the first layer, is not ported). One grouping difference: PointNet++'s ball
+query takes the first ``group_size`` points in index order inside the ball, this takes the
+nearest ones (points beyond the radius repeat the nearest, as ball query repeats its first).
+
 Differences from 3DETR, by choice: no auxiliary per-layer losses, no angle bins (ScanNet's
 boxes are axis-aligned), centres and sizes predicted in the input's units (the set loss
 normalises them by the scene's extent, as 3DETR's), a fixed seeded Fourier basis.
@@ -30,7 +39,7 @@ import math
 import torch
 from torch import nn
 
-from mmpd_core.geometry import farthest_point_sample, gather_points
+from mmpd_core.geometry import farthest_point_sample, gather_points, knn
 
 
 class FourierPositions(nn.Module):
@@ -45,6 +54,44 @@ class FourierPositions(nn.Module):
     def forward(self, xyz: torch.Tensor) -> torch.Tensor:
         angles = 2 * math.pi * xyz.float() @ self.basis  # (..., dim / 2)
         return torch.cat([angles.sin(), angles.cos()], dim=-1)  # (..., dim)
+
+
+class ThreeDETREncoder(nn.Module):
+    """3DETR's encoder (module docstring) with the contract's ``dim`` and
+    ``forward_features(points) -> {"tokens": (B, G, dim), "centers": (B, G, 3)}``."""
+
+    def __init__(self, *, num_groups: int = 2048, group_size: int = 64, radius: float = 0.2,
+                 mlp: tuple[int, ...] = (64, 128, 256), depth: int = 3, heads: int = 4,
+                 ffn: int = 128, dropout: float = 0.1):  # fmt: skip
+        super().__init__()
+        self.num_groups, self.group_size, self.radius = num_groups, group_size, radius
+        self.dim = mlp[-1]
+        layers, width = [], 3
+        for out in mlp:
+            layers += [nn.Linear(width, out), nn.BatchNorm1d(out), nn.ReLU(inplace=True)]
+            width = out
+        self.pointnet = nn.Sequential(*layers)
+        layer = nn.TransformerEncoderLayer(self.dim, heads, ffn, dropout, batch_first=True,
+                                           norm_first=True)  # fmt: skip
+        self.encoder = nn.TransformerEncoder(layer, depth, norm=nn.LayerNorm(self.dim),
+                                             enable_nested_tensor=False)  # fmt: skip
+
+    def group(self, points: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """(local xyz / radius (B, G, K, 3), centres (B, G, 3))."""
+        centers = gather_points(points, farthest_point_sample(points, self.num_groups,
+                                                              skip_origin=False))  # fmt: skip
+        index = knn(centers, points, self.group_size)  # (B, G, K), nearest first
+        local = gather_points(points, index) - centers.unsqueeze(2)  # (B, G, K, 3)
+        outside = local.norm(dim=-1, keepdim=True) > self.radius
+        local = torch.where(outside, local[:, :, :1], local)  # the nearest point, repeated
+        return local / self.radius, centers
+
+    def forward_features(self, points: torch.Tensor) -> dict[str, torch.Tensor]:
+        local, centers = self.group(points.float())
+        batch, groups, k, _ = local.shape
+        features = self.pointnet(local.reshape(-1, 3)).view(batch, groups, k, self.dim)
+        tokens = self.encoder(features.max(dim=2).values)  # (B, G, dim)
+        return {"tokens": tokens, "centers": centers}
 
 
 class Detector3D(nn.Module):
