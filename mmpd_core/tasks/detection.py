@@ -109,7 +109,8 @@ class SetCriterion:
             scale.append(extent.to(device).float().expand(len(rows), 3))
         weight = torch.ones(self.num_classes + 1, device=device)
         weight[-1] = self.no_object_weight
-        cls = nn.functional.cross_entropy(logits.float().transpose(1, 2), classes, weight)
+        logits_cq = logits.float().transpose(1, 2)  # (B, C + 1, Q)
+        cls = nn.functional.cross_entropy(logits_cq, classes, weight)
         pred, true, scale = torch.cat(pred).float(), torch.cat(true).float(), torch.cat(scale)
         count = max(len(true), 1)
         center = ((pred[:, :3] - true[:, :3]).abs() / scale).sum() / count

@@ -78,18 +78,19 @@ class ThreeDETREncoder(nn.Module):
 
     def group(self, points: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """(local xyz / radius (B, G, K, 3), centres (B, G, 3))."""
-        centers = gather_points(points, farthest_point_sample(points, self.num_groups,
-                                                              skip_origin=False))  # fmt: skip
+        first = farthest_point_sample(points, self.num_groups, skip_origin=False)  # (B, G)
+        centers = gather_points(points, first)  # (B, G, 3)
         index = knn(centers, points, self.group_size)  # (B, G, K), nearest first
         local = gather_points(points, index) - centers.unsqueeze(2)  # (B, G, K, 3)
-        outside = local.norm(dim=-1, keepdim=True) > self.radius
+        outside = local.norm(dim=-1, keepdim=True) > self.radius  # (B, G, K, 1)
         local = torch.where(outside, local[:, :, :1], local)  # the nearest point, repeated
         return local / self.radius, centers
 
     def forward_features(self, points: torch.Tensor) -> dict[str, torch.Tensor]:
         local, centers = self.group(points.float())
         batch, groups, k, _ = local.shape
-        features = self.pointnet(local.reshape(-1, 3)).view(batch, groups, k, self.dim)
+        features = self.pointnet(local.reshape(-1, 3))  # (B * G * K, dim)
+        features = features.view(batch, groups, k, self.dim)  # (B, G, K, dim)
         tokens = self.encoder(features.max(dim=2).values)  # (B, G, dim)
         return {"tokens": tokens, "centers": centers}
 
@@ -119,7 +120,8 @@ class Detector3D(nn.Module):
         memory = self.memory_in(features["tokens"].float())
         memory = memory + self.positions((centers - low) / span)
         q = min(self.num_queries, centers.shape[1])
-        seeds = gather_points(centers, farthest_point_sample(centers, q, skip_origin=False))
+        first = farthest_point_sample(centers, q, skip_origin=False)  # (B, Q)
+        seeds = gather_points(centers, first)  # (B, Q, 3)
         queries = self.query_in(self.positions((seeds - low) / span))  # (B, Q, dim)
         out = self.decoder(queries, memory)  # (B, Q, dim)
         offset, size = self.box(out).split(3, dim=-1)
