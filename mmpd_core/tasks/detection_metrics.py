@@ -1,5 +1,5 @@
 """3D detection metrics: mAP at axis-aligned 3D IoU thresholds, as ScanNet detection reports
-them (issue #15, its metric part; no stage runs it yet).
+them (issue #15; the ``detection`` stage scores with them).
 
 The evaluation of VoteNet and 3DETR (``eval_det_cls``): per class, the detections of every
 scene sorted by score; a detection is a true positive when its best-overlapping ground-truth

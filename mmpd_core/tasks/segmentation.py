@@ -1,6 +1,6 @@
 """Dense prediction on any encoder of the backbone contract: a per-point segmentation head and
-the metrics of semantic and part segmentation (issue #14, its library part; no stage runs it
-yet).
+the metrics of semantic and part segmentation (issue #14; ``dense`` and ``dense_stage`` run
+them in the ``segmentation`` stage).
 
 Head (Point-MAE's part-segmentation model, ``segmentation/models/pt.py`` upstream, for any
 backbone; a multi-scale encoder such as Point-M2AE gives every scale's output tokens instead of
