@@ -124,6 +124,13 @@ class Schedule:
     amp: Literal["none", "bf16"]
 
 
+def _check_warmup(schedule: Schedule) -> None:
+    if not 0 <= schedule.warmup_epochs <= schedule.epochs:
+        raise ValueError(
+            f"warmup_epochs {schedule.warmup_epochs} must lie in [0, {schedule.epochs}]"
+        )
+
+
 def _check_seeds(cfg) -> None:
     if cfg.pretrain_seeds < 1:
         raise ValueError(f"pretrain_seeds must be at least 1, got {cfg.pretrain_seeds}")
@@ -402,8 +409,7 @@ class DenseRecipe(Schedule):
     votes: int = 3  # whole-room test passes, per-point majority (semantic)
 
     def __post_init__(self):
-        if not 0 <= self.warmup_epochs <= self.epochs:
-            raise ValueError(f"warmup_epochs {self.warmup_epochs} must lie in [0, {self.epochs}]")
+        _check_warmup(self)
 
 
 @dataclass(frozen=True)
@@ -446,8 +452,7 @@ class DetectionRecipe(Schedule):
     repeats: int = 1
 
     def __post_init__(self):
-        if not 0 <= self.warmup_epochs <= self.epochs:
-            raise ValueError(f"warmup_epochs {self.warmup_epochs} must lie in [0, {self.epochs}]")
+        _check_warmup(self)
         if self.repeats < 1:
             raise ValueError(f"repeats must be at least 1, got {self.repeats}")
 

@@ -240,7 +240,9 @@ def autocast_context(device: torch.device | str, dtype: torch.dtype | None):
 
 
 @torch.no_grad()
-def recalibrate_batchnorm(encoder: nn.Module, dataset, *, batch_size: int = 32, amp: str = "none"):
+def recalibrate_batchnorm(
+    encoder: nn.Module, dataset, *, batch_size: int = 32, amp: str = "none", collate_fn=None
+):
     """Recompute a pretrained encoder's BatchNorm running statistics over ``dataset``'s clouds
     with its final weights: a cumulative average over the whole set, every other module in
     eval mode (no drop path), under ``amp`` as in training. Why: the running variance starts
@@ -260,7 +262,7 @@ def recalibrate_batchnorm(encoder: nn.Module, dataset, *, batch_size: int = 32, 
         norm.momentum = None  # cumulative average
         norm.train()
     with autocast_context(device, AMP_DTYPES[amp]):
-        for batch in DataLoader(dataset, batch_size=batch_size):
+        for batch in DataLoader(dataset, batch_size=batch_size, collate_fn=collate_fn):
             encoder.forward_features(batch["points"].to(device))
     for norm, momentum in zip(norms, momenta, strict=True):
         norm.momentum = momentum

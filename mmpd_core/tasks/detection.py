@@ -34,7 +34,7 @@ from torch import nn
 from torch.utils.data import Dataset
 
 from mmpd_core.data.scannet import NYU40_IDS, Scene, detection_targets
-from mmpd_core.tasks.detection_metrics import Detection, box_iou
+from mmpd_core.tasks.detection_metrics import Detection, box_iou, corners
 
 NUM_CLASSES = len(NYU40_IDS)  # ScanNet detection's 18
 
@@ -255,5 +255,5 @@ def detections(scene: str, logits: torch.Tensor, boxes: torch.Tensor, *, nms_iou
 def truths(scenes: list[SceneTargets]) -> dict:
     """scene -> [(label, min / max corners)], the metric's ground truth."""
     return {s.name: [(int(label), box.tolist()) for label, box in
-                     zip(s.labels, to_corners(torch.from_numpy(s.boxes)).numpy(), strict=True)]
+                     zip(s.labels, corners(s.boxes[:, :3], s.boxes[:, 3:]), strict=True)]
             for s in scenes}  # fmt: skip

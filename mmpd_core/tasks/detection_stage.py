@@ -70,19 +70,6 @@ def build(cfg: DetectionStage, run: str, seed: int) -> Detector3D:
         return Detector3D(encoder, det.NUM_CLASSES, **cfg.detector)
 
 
-class _Clouds(torch.utils.data.Dataset):
-    """The point clouds of a scene dataset alone (BatchNorm recalibration batches them)."""
-
-    def __init__(self, scenes: det.SceneDataset):
-        self.scenes = scenes
-
-    def __len__(self) -> int:
-        return len(self.scenes)
-
-    def __getitem__(self, index: int) -> dict:
-        return {"points": self.scenes[index]["points"]}
-
-
 def fine_tune(cfg: DetectionStage, model: Detector3D, seed: int, scenes, out_dir: Path):
     """Train through the engine (resumable, dvclive under ``out_dir/live``), recomputing the
     encoder's BatchNorm statistics after the last epoch (``engine.recalibrate_batchnorm``);
@@ -96,8 +83,8 @@ def fine_tune(cfg: DetectionStage, model: Detector3D, seed: int, scenes, out_dir
                                repeats=recipe.repeats)  # fmt: skip
 
     def finalize(module):
-        engine.recalibrate_batchnorm(module.encoder, _Clouds(dataset),
-                                     batch_size=recipe.batch_size, amp=recipe.amp)  # fmt: skip
+        engine.recalibrate_batchnorm(module.encoder, dataset, batch_size=recipe.batch_size,
+                                     amp=recipe.amp, collate_fn=det.collate)  # fmt: skip
 
     step = det.DetectionStep(det.SetCriterion(det.NUM_CLASSES))
     result = engine.train(model, step, dataset, train_cfg, collate_fn=det.collate, resume=True,
@@ -121,9 +108,9 @@ def predict(cfg: DetectionStage, model: Detector3D, scenes, seed: int) -> dict:
     return out
 
 
-def evaluate(cfg: DetectionStage, model: Detector3D, scenes, seed: int) -> tuple[dict, dict]:
-    """mAP@0.25 / @0.5 (percent) and the per-class AP@0.25 over ``scenes``, and the raw
-    predictions."""
+def evaluate(cfg: DetectionStage, model: Detector3D, scenes, seed: int) -> tuple[dict, list]:
+    """mAP@0.25 / @0.5 (percent) and the per-class AP@0.25 over ``scenes``, and the scored
+    detections."""
     predicted = predict(cfg, model, scenes, seed)
     found = [d for name, (logits, boxes) in predicted.items()
              for d in det.detections(name, logits, boxes, nms_iou=cfg.nms_iou,
@@ -132,7 +119,7 @@ def evaluate(cfg: DetectionStage, model: Detector3D, scenes, seed: int) -> tuple
     per_class = {scannet.SCANNET_CLASSES[c]: round(ap, 2)
                  for c, ap in scores[0.25]["per_class"].items() if not np.isnan(ap)}  # fmt: skip
     return {"ap25": scores[0.25]["map"], "ap50": scores[0.5]["map"],
-            "ap25_per_class": per_class}, predicted  # fmt: skip
+            "ap25_per_class": per_class}, found  # fmt: skip
 
 
 def run_cell(cfg: DetectionStage, checkpoint: str, data: dict, shown: dict) -> dict:
@@ -144,11 +131,11 @@ def run_cell(cfg: DetectionStage, checkpoint: str, data: dict, shown: dict) -> d
         model = build(cfg, run, seed)
         result = fine_tune(cfg, model, seed, data["train"], out_dir)
         tick = time.perf_counter()
-        scores, predicted = evaluate(cfg, model, data["val"], seed)
+        scores, found = evaluate(cfg, model, data["val"], seed)
         test_s = time.perf_counter() - tick
         fit, _ = evaluate(cfg, model, data["train"], seed)  # how well it fits: not a selection
         if i == 0:
-            shown[checkpoint] = predicted
+            shown[checkpoint] = [d for d in found if d.scene == data["val"][0].name]
         rows.append({"seed": seed, "run": run, **scores, "train_ap25": fit["ap25"],
                      "train_loss": result.final["train/loss"], "train_s": result.wall_time_s,
                      "test_s": test_s})  # fmt: skip
@@ -206,18 +193,15 @@ def _rectangle(ax, corners, colour: str, style: str = "-") -> None:
                            linestyle=style, linewidth=1.2))  # fmt: skip
 
 
-def figure(cfg: DetectionStage, scene: det.SceneTargets, shown: dict, path: Path) -> Path | None:
+def figure(scene: det.SceneTargets, shown: dict, path: Path) -> Path | None:
     """The first val scene from above: its true boxes (green) in every panel, each encoder's
-    detections scoring at least ``SHOWN_SCORE`` (red, dashed; seed 0), class names on the
-    truth."""
+    detections of it (``shown``: checkpoint -> detections, seed 0) scoring at least
+    ``SHOWN_SCORE`` (red, dashed), class names on the truth."""
     if not shown:
         return None
     truth = det.truths([scene])[scene.name]
     fig, axes = plt.subplots(1, len(shown), figsize=(3.4 * len(shown), 3.8), squeeze=False)
-    for ax, (checkpoint, predicted) in zip(axes[0], shown.items(), strict=True):
-        logits, boxes = predicted[scene.name]
-        found = det.detections(scene.name, logits, boxes, nms_iou=cfg.nms_iou,
-                               conf_thresh=cfg.conf_thresh)  # fmt: skip
+    for ax, (checkpoint, found) in zip(axes[0], shown.items(), strict=True):
         _top_view(ax, scene, LABELS.get(checkpoint, checkpoint_name(checkpoint)))
         for label, corners in truth:
             _rectangle(ax, corners, "tab:green")
@@ -251,5 +235,5 @@ def run_stage(cfg: DetectionStage) -> pd.DataFrame:
                                                   if k.endswith(("_mean", "_std"))}
                for r in results}  # fmt: skip
     resolve(cfg.results_dir).with_suffix(".json").write_text(json.dumps(summary, indent=2) + "\n")
-    figure(cfg, data["val"][0], shown, Path(cfg.figure))
+    figure(data["val"][0], shown, Path(cfg.figure))
     return table(cfg, results)
