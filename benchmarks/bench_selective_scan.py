@@ -1,30 +1,46 @@
 """Mamba's selective scan on CPU: the chunked parallel scan against the sequential reference.
 
-``selective_scan`` (time-major, chunked ``linear_scan``) vs ``selective_scan_ref`` (one
-recurrence step at a time, upstream's reference shape), float32, state 16, at PointMamba's
+``selective_scan`` vs ``selective_scan_ref`` (one recurrence step at a time, upstream's
+reference shape, strided (batch, E, L, N) tensors), float32, state 16, batch 2, at PointMamba's
 sequence lengths: the embedded size (``point_mamba_small``: 2 x 32 tokens, 256 channels), the
-paper size (2 x 64 tokens, 768 channels) and L = 256 x 768 channels. Times the forward pass
-(no grad) and forward + backward; checks both agree first. Prints times and the ratios
-measured in this run, and the forward pass's ceiling: the exponentials exp(Δ·A) and the drive
-Δ·u·B over (L, b, E, N), which both paths compute, timed alone; sequential time over that
-shared time is the speed-up a scan costing nothing would reach.
+paper size (2 x 64 tokens, 768 channels) and L = 256 x 768 channels (the issue's 5x bar). Times
+the forward pass (no grad) and forward + backward; checks both agree first. For the forward
+pass it also times ``selective_scan``'s own one-step-at-a-time loop over time-major slices
+(``_sequential_readout``, which it takes without grad for steps of more than
+``SEQUENTIAL_STEP_ELEMENTS`` state entries): how much of the reference's time is its layout
+rather than the recurrence. A second table finds that crossover: chunked against one step at a
+time by the size of a step (batch x N x E).
 
-    python benchmarks/bench_selective_scan.py [--batch 2] [--repeats 3]
+Paths are timed in turns (the best of ``--repeats`` each), so all see the machine in the same
+state; it prints the times and the ratios measured in this run. The reference writes its
+decays and drive whole, 25 MB each at L = 256; with glibc's defaults freed blocks that size go
+back to the system and the next call faults them in again, which makes timings swing by up
+to 1.5x from run to run. So the script re-runs itself with glibc told to keep freed memory
+(``--glibc-default`` keeps the defaults; the reference then loses most).
+
+    python benchmarks/bench_selective_scan.py [--repeats 7] [--glibc-default]
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
+import os
+import sys
 import time
 
 import torch
 
-from mmpd_core.models.selective_scan import _discretise, selective_scan, selective_scan_ref
+from mmpd_core.models import selective_scan as scan_module
+from mmpd_core.models.selective_scan import selective_scan, selective_scan_ref
 
 SIZES = {"embedded (L=64, E=256)": (64, 256), "paper (L=128, E=768)": (128, 768),
          "L=256, E=768": (256, 768)}  # fmt: skip
 BAR = {"L=256, E=768": 5.0}  # the target forward speed-up
+CROSSOVER = [(128, 768, batch) for batch in (1, 2, 4, 8)] + [(64, 256, b) for b in (4, 8, 16, 32)]
 STATES = 16
+BATCH = 2
+KEEP_FREED = {"MALLOC_TRIM_THRESHOLD_": "1000000000", "MALLOC_MMAP_THRESHOLD_": "1000000000"}
 
 
 def scan_inputs(batch: int, length: int, channels: int, gen: torch.Generator) -> dict:
@@ -39,26 +55,43 @@ def scan_inputs(batch: int, length: int, channels: int, gen: torch.Generator) ->
     }  # fmt: skip
 
 
-def best_time(fn, repeats: int) -> float:
-    """The fastest of ``repeats`` runs after one warm-up (seconds)."""
-    fn()
-    times = []
-    for _ in range(repeats):
-        start = time.perf_counter()
+@contextlib.contextmanager
+def steps_one_at_a_time(always: bool):
+    """``selective_scan`` without grad forced to its chunked scan, or to one step at a time."""
+    saved = scan_module.SEQUENTIAL_STEP_ELEMENTS
+    scan_module.SEQUENTIAL_STEP_ELEMENTS = 0 if always else 1 << 62
+    try:
+        yield
+    finally:
+        scan_module.SEQUENTIAL_STEP_ELEMENTS = saved
+
+
+def forward_paths(inputs: dict) -> dict:
+    """The reference, the chunked scan and the step loop, without grad."""
+
+    def forced(always):
+        def run():
+            with steps_one_at_a_time(always):
+                selective_scan(**inputs)
+
+        return run
+
+    return {"sequential": lambda: selective_scan_ref(**inputs), "parallel": forced(False),
+            "time-major loop": forced(True)}  # fmt: skip
+
+
+def best_times(fns: dict, repeats: int) -> dict:
+    """The fastest of ``repeats`` runs of each function (seconds), timed in turns after one
+    warm-up each."""
+    for fn in fns.values():
         fn()
-        times.append(time.perf_counter() - start)
-    return min(times)
-
-
-def shared_part(args: dict):
-    """The discretisation both paths compute before scanning (as the reference writes it)."""
-
-    def run():
-        delta = _discretise(args["delta"], args["delta_bias"], args["delta_softplus"])
-        torch.exp(torch.einsum("bel,en->beln", delta, args["A"]))
-        torch.einsum("bel,bnl,bel->beln", delta, args["B"], args["u"])
-
-    return run
+    best = dict.fromkeys(fns, float("inf"))
+    for _ in range(repeats):
+        for name, fn in fns.items():
+            start = time.perf_counter()
+            fn()
+            best[name] = min(best[name], time.perf_counter() - start)
+    return best
 
 
 def forward_backward(scan, args: dict):
@@ -66,30 +99,48 @@ def forward_backward(scan, args: dict):
     return lambda: scan(**leaves).square().sum().backward()
 
 
+def row(name: str, label: str, best: dict, note: str = "") -> str:
+    ref, par = best["sequential"], best["parallel"]
+    return (f"{name:>24} {label:>9} {ref * 1e3:>9.1f}ms {par * 1e3:>7.1f}ms "
+            f"{ref / par:>8.1f}x{note}")  # fmt: skip
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--batch", type=int, default=2)
-    parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--repeats", type=int, default=7)
+    parser.add_argument("--glibc-default", action="store_true")
     args = parser.parse_args()
-    print(f"batch {args.batch}, state {STATES}, float32, {torch.get_num_threads()} threads")
+    if not args.glibc_default and any(os.environ.get(k) != v for k, v in KEEP_FREED.items()):
+        os.execve(sys.executable, [sys.executable, *sys.argv], {**os.environ, **KEEP_FREED})
+    allocator = "glibc defaults" if args.glibc_default else "glibc keeps freed memory"
+    print(f"batch {BATCH}, state {STATES}, float32, {torch.get_num_threads()} threads, "
+          f"{allocator}")  # fmt: skip
     print(f"{'size':>24} {'pass':>9} {'sequential':>11} {'parallel':>9} {'speed-up':>9}")
     gen = torch.Generator().manual_seed(0)
     for name, (length, channels) in SIZES.items():
-        inputs = scan_inputs(args.batch, length, channels, gen)
-        with torch.no_grad():
+        inputs = scan_inputs(BATCH, length, channels, gen)
+        with torch.no_grad(), steps_one_at_a_time(False):
             diff = (selective_scan(**inputs) - selective_scan_ref(**inputs)).abs().max().item()
-            ref = best_time(lambda i=inputs: selective_scan_ref(**i), args.repeats)
-            par = best_time(lambda i=inputs: selective_scan(**i), args.repeats)
-            shared = best_time(shared_part(inputs), args.repeats)
+        with torch.no_grad():
+            best = best_times(forward_paths(inputs), args.repeats)
+        loop = best["time-major loop"]
         target = f" (bar >= {BAR[name]:.0f}x)" if name in BAR else ""
-        print(f"{name:>24} {'forward':>9} {ref * 1e3:>9.1f}ms {par * 1e3:>7.1f}ms "
-              f"{ref / par:>8.1f}x{target}  max |diff| {diff:.1e}; shared exp / drive "
-              f"{shared * 1e3:.1f}ms ({shared / ref:.0%} of sequential): ceiling "
-              f"{ref / shared:.1f}x")  # fmt: skip
-        ref = best_time(forward_backward(selective_scan_ref, dict(inputs)), args.repeats)
-        par = best_time(forward_backward(selective_scan, dict(inputs)), args.repeats)
-        print(f"{'':>24} {'+backward':>9} {ref * 1e3:>9.1f}ms {par * 1e3:>7.1f}ms "
-              f"{ref / par:>8.1f}x")  # fmt: skip
+        print(row(name, "forward", best, f"{target}  max |diff| {diff:.1e}; time-major loop "
+                  f"{loop * 1e3:.1f}ms, {best['sequential'] / loop:.1f}x"))  # fmt: skip
+        paths = {"sequential": forward_backward(selective_scan_ref, dict(inputs)),
+                 "parallel": forward_backward(selective_scan, dict(inputs))}  # fmt: skip
+        print(row("", "+backward", best_times(paths, args.repeats)))
+    print(f"\nwithout grad, chunked scan vs one step at a time; selective_scan takes the loop "
+          f"above {scan_module.SEQUENTIAL_STEP_ELEMENTS} state entries a step")  # fmt: skip
+    print(f"{'L':>5} {'E':>5} {'batch':>5} {'step (b N E)':>13} {'chunked':>9} {'loop':>9} "
+          f"{'loop/chunked':>13}")  # fmt: skip
+    for length, channels, batch in CROSSOVER:
+        inputs = scan_inputs(batch, length, channels, gen)
+        with torch.no_grad():
+            best = best_times(forward_paths(inputs), args.repeats)
+        chunked, loop = best["parallel"], best["time-major loop"]
+        print(f"{length:>5} {channels:>5} {batch:>5} {batch * STATES * channels:>13} "
+              f"{chunked * 1e3:>7.2f}ms {loop * 1e3:>7.2f}ms {loop / chunked:>12.2f}x")  # fmt: skip
 
 
 if __name__ == "__main__":

@@ -11,6 +11,7 @@ import sys
 import numpy as np
 import pytest
 import torch
+import torch.nn.functional as F
 from conftest import SHARED, compare_arrays, unit_sphere_cloud
 
 from mmpd_core.models import create_model
@@ -243,13 +244,24 @@ def test_parallel_scan_equals_the_sequential_reference(length):
 
 
 def test_no_grad_scan_in_channel_blocks_equals_the_reference(monkeypatch):
-    """Without grad the scan reads out per step, in blocks of NO_GRAD_BLOCK_ELEMENTS."""
+    """Without grad the scan reads out per step, in blocks of NO_GRAD_BLOCK_ELEMENTS, chunked
+    or, for steps of more than SEQUENTIAL_STEP_ELEMENTS state entries, one step at a time."""
     args = scan_args(batch=2, channels=5, length=13)
     expected = selective_scan_ref(**args, delta_softplus=True)
-    for block in (13 * 2 * 4, 1 << 23):  # one channel per block; all in one
+    calls, sequential = [], scan_module._sequential_readout
+    monkeypatch.setattr(
+        scan_module, "_sequential_readout", lambda *a: calls.append(1) or sequential(*a)
+    )
+    for block, one_at_a_time in itertools.product((13 * 2 * 4, 1 << 23), (False, True)):
+        # one channel per block, or all in one; chunked, or one step at a time
         monkeypatch.setattr(scan_module, "NO_GRAD_BLOCK_ELEMENTS", block)
+        monkeypatch.setattr(
+            scan_module, "SEQUENTIAL_STEP_ELEMENTS", 0 if one_at_a_time else 1 << 30
+        )
+        calls.clear()
         with torch.no_grad():
             torch.testing.assert_close(selective_scan(**args, delta_softplus=True), expected)
+        assert len(calls) == (0 if not one_at_a_time else 1 if block == 1 << 23 else 5)
 
 
 def test_parallel_scan_gradients_equal_the_references():
@@ -283,21 +295,54 @@ def test_chunked_scan_equals_the_recurrence_both_ways(chunk):
 
 
 @pytest.mark.parametrize("chunk", [None, 1, 3, 16])
-def test_chunked_scan_rate_and_readout_equal_the_plain_scan(chunk):
-    """coef = exp(r A): chunk totals from one exp of summed rates (including the padding of a
-    last, shorter chunk); readout: Σ_N h R without writing h. Both ways of scanning."""
+def test_chunked_scan_rate_factors_and_readout_equal_the_plain_scan(chunk):
+    """coef = exp2(r a): chunk totals from one exp2 of summed rates (including the padding of
+    a last, shorter chunk); x as two factors, never multiplied out; readout: Σ_N R h without
+    writing h. Both ways of scanning."""
     gen = torch.Generator().manual_seed(1)
-    r = torch.rand(11, 2, 3, generator=gen)  # (L, b, e) rates (Δ)
-    a = -torch.rand(3, 4, generator=gen) * 3  # (e, N)
-    x = torch.randn(11, 2, 3, 4, generator=gen)
+    r = torch.rand(11, 2, 1, 3, generator=gen)  # (L, b, 1, e) rates (Δ)
+    a = -torch.rand(4, 3, generator=gen) * 3  # (N, e)
+    p, q = torch.randn(11, 2, 1, 3, generator=gen), torch.randn(11, 2, 4, 1, generator=gen)
+    x = p * q  # (L, b, N, e)
     readout = torch.randn(11, 2, 4, generator=gen)  # (L, b, N)
-    coef = (r.unsqueeze(-1) * a).exp()
+    coef = torch.exp2(r * a)
     for reverse, (c, rates) in ((False, (coef, r)), (True, (coef[1:], r[1:]))):
         plain = chunked_scan(c, x, chunk, reverse=reverse)
         fast = chunked_scan(c, x, chunk, reverse=reverse, rate=(rates, a))
         torch.testing.assert_close(fast, plain)
-        read = chunked_scan(c, x, chunk, reverse=reverse, rate=(rates, a), readout=readout)
-        torch.testing.assert_close(read, (plain * readout.unsqueeze(2)).sum(-1))
+        torch.testing.assert_close(chunked_scan(c, (p, q), chunk, reverse=reverse), plain)
+        read = chunked_scan(c, (p, q), chunk, reverse=reverse, rate=(rates, a), readout=readout)
+        torch.testing.assert_close(read, (plain * readout.unsqueeze(-1)).sum(-2))
+        made = chunked_scan(None, (p, q), chunk, reverse=reverse, rate=(rates, a))  # coef from r
+        torch.testing.assert_close(made, plain)
+        made = chunked_scan(None, (p, q), chunk, reverse=reverse, rate=(rates, a), readout=readout)
+        torch.testing.assert_close(made, read)
+    with pytest.raises(ValueError, match="a forward scan needs 11 rates, got 10"):
+        chunked_scan(None, (p, q), chunk, rate=(r[1:], a))
+    with pytest.raises(ValueError, match="needs coef, or rate"):
+        chunked_scan(None, (p, q), chunk)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_softplus_matches_torch_and_its_gradient_is_the_sigmoid(dtype):
+    """Over the whole range: underflow of exp(-|x|), the log1p correction near 0 and huge x."""
+    tiny = torch.finfo(dtype).tiny
+    edges = torch.tensor([0.0, 1e-30, -1e-30, 1e4, -1e4, 88.0, -88.0], dtype=dtype)
+    x = torch.cat([torch.linspace(-120, 120, 20001, dtype=dtype), edges])
+    exact = x.double()
+    exact = exact.clamp_min(0) + torch.log1p(torch.exp(-exact.abs()))  # float64 log1p is exact
+    if dtype == torch.float32:
+        torch.testing.assert_close(exact, F.softplus(x).double(), rtol=2.5e-7, atol=tiny)
+    expected = exact
+    got = scan_module.softplus(x)
+    assert got.dtype == dtype
+    torch.testing.assert_close(got.double(), expected, rtol=4 * torch.finfo(dtype).eps, atol=tiny)
+    leaf = x.clone().requires_grad_(True)
+    scan_module.softplus(leaf).backward(torch.ones_like(x))
+    torch.testing.assert_close(leaf.grad, torch.sigmoid(x))
+    assert torch.autograd.gradcheck(
+        scan_module.softplus, torch.randn(7, dtype=torch.float64, requires_grad=True)
+    )
 
 
 @pytest.mark.parametrize("block", [1 << 19, 40])  # all channels in one block; one per block
@@ -314,18 +359,22 @@ def test_selective_scan_gradcheck(monkeypatch, block, kept):
 
 def test_kept_and_recomputed_states_give_identical_gradients(monkeypatch):
     args = scan_args(batch=2, channels=6, length=21)
-    calls, states = [], scan_module._decay_drive
-    monkeypatch.setattr(scan_module, "_decay_drive", lambda *a: calls.append(1) or states(*a))
+    calls, decay = [], scan_module._decay
+    monkeypatch.setattr(scan_module, "_decay", lambda *a: calls.append(1) or decay(*a))
     monkeypatch.setattr(scan_module, "BLOCK_ELEMENTS", 21 * 2 * 4 * 2)  # 3 blocks of 2 channels
     grads = []
     for kept in (0, 1 << 23):
         monkeypatch.setattr(scan_module, "SAVE_STATES_MAX", kept)
-        calls.clear()
         leaves = {k: v.clone().requires_grad_(True) for k, v in args.items()}
-        (selective_scan(**leaves, delta_softplus=True) * torch.linspace(-1, 1, 21)).sum().backward()
+        loss = (selective_scan(**leaves, delta_softplus=True) * torch.linspace(-1, 1, 21)).sum()
+        calls.clear()
+        loss.backward()
         grads.append({k: v.grad for k, v in leaves.items()})
-        assert len(calls) == (6 if kept == 0 else 3)  # the backward recomputes, or not
-    assert all(torch.equal(grads[0][k], grads[1][k]) for k in args)
+        assert len(calls) == (3 if kept == 0 else 0)  # the backward recomputes, or not
+    # the states are the same either way; the output y is not read out the same way (during
+    # the scan, or from the kept states), so z, whose gradient is SiLU'(z) y, differs by rounding
+    assert all(torch.equal(grads[0][k], grads[1][k]) for k in args if k != "z")
+    torch.testing.assert_close(grads[0]["z"], grads[1]["z"])
 
 
 def test_importing_never_needs_mamba_ssm_and_cpu_never_calls_it(monkeypatch):
