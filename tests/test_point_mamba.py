@@ -264,6 +264,15 @@ def test_no_grad_scan_in_channel_blocks_equals_the_reference(monkeypatch):
         assert len(calls) == (0 if not one_at_a_time else 1 if block == 1 << 23 else 5)
 
 
+def test_only_cpu_scans_with_large_steps_run_one_step_at_a_time():
+    """The crossover is a CPU one; on a GPU every step would cost kernel launches."""
+    a2 = torch.empty(16, 768)  # (N, e): 12 288 state entries a batch row
+    big, small = torch.empty(64, 4, 768), torch.empty(64, 2, 768)  # (L, b, e)
+    assert scan_module._one_step_at_a_time(big, a2)  # 49 152 > 32 768
+    assert not scan_module._one_step_at_a_time(small, a2)  # 24 576
+    assert not scan_module._one_step_at_a_time(big.to("meta"), a2.to("meta"))
+
+
 def test_parallel_scan_gradients_equal_the_references():
     args = scan_args(length=19)
     grads = []

@@ -20,8 +20,8 @@ float64) and returns u's dtype.
   third of the backward pass and the memory is tens of MB); on CPU it works on blocks of
   channels small enough to stay in cache. Without grad only the decays of that size are
   written, by pass 1 as it reaches each step; the drive is made from its factors Δ u and B at
-  each step and the states are read out as they go. Without grad and with large steps (batch
-  x N x E above ``SEQUENTIAL_STEP_ELEMENTS``) it runs the recurrence one step at a time
+  each step and the states are read out as they go. On CPU, without grad and with large steps
+  (batch x N x E above ``SEQUENTIAL_STEP_ELEMENTS``), it runs the recurrence one step at a time
   instead, on the same time-major slices (``_sequential_readout``): each step's work then
   outweighs the Python loop, and the chunked scan's second pass is waste.
 
@@ -49,8 +49,8 @@ BLOCK_ELEMENTS = 1 << 20  # CPU, with grad: states of a channel block (4 MB in f
 # in cache through the many passes of training
 NO_GRAD_BLOCK_ELEMENTS = 1 << 23  # CPU, without grad: only the decays are written (the drive
 # and the states never are), so large blocks (32 MB) cut the Python loop
-SEQUENTIAL_STEP_ELEMENTS = 1 << 15  # without grad, steps of more state entries (b N e) than
-# this run one at a time (``_sequential_readout``): the work of a step then outweighs the
+SEQUENTIAL_STEP_ELEMENTS = 1 << 15  # CPU, without grad: steps of more state entries (b N e)
+# than this run one at a time (``_sequential_readout``): the work of a step then outweighs the
 # Python loop, and the chunked scan's second pass is waste (crossover between 33 k and 49 k
 # on 2 CPU cores, ``bench_selective_scan.py``)
 SAVE_STATES_MAX = 1 << 23  # states (and decays) of at most this many elements are kept for
@@ -278,6 +278,13 @@ def _sequential_readout(delta, u, A2, B, C):
     return y.squeeze(2)
 
 
+def _one_step_at_a_time(delta: torch.Tensor, A2: torch.Tensor) -> bool:
+    """Whether a readout scan of Δ (L, b, e) with A2 (N, e) should run one step at a time: on
+    CPU, when a step holds more than ``SEQUENTIAL_STEP_ELEMENTS`` state entries. Not on other
+    devices, where every step would cost its kernel launches."""
+    return delta.device.type == "cpu" and delta.shape[1] * A2.numel() > SEQUENTIAL_STEP_ELEMENTS
+
+
 def _channel_blocks(delta: torch.Tensor, states: int, grad: bool = True) -> list[slice]:
     """Channel slices whose (L, b, N, e) states hold about ``BLOCK_ELEMENTS`` (CPU; without
     ``grad``, ``NO_GRAD_BLOCK_ELEMENTS``) or all channels (other devices, where a Python loop
@@ -310,7 +317,7 @@ class _SelectiveScan(torch.autograd.Function):
                 decay, states = _states(d, x, a2, B)  # (L, b, N, e)
                 ys.append(torch.matmul(C.unsqueeze(2), states).squeeze(2))  # (L, b, e)
                 kept.append((decay, states))
-            elif d.shape[1] * a2.numel() > SEQUENTIAL_STEP_ELEMENTS:
+            elif _one_step_at_a_time(d, a2):
                 ys.append(_sequential_readout(d, x, a2, B, C))  # (L, b, e)
             else:  # the decays made by the scan, step by step
                 drive, rate = _drive(d, x, B), (d.unsqueeze(2), a2)
