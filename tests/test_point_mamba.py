@@ -368,8 +368,8 @@ def test_selective_scan_gradcheck(monkeypatch, block, kept):
 
 def test_kept_and_recomputed_states_give_identical_gradients(monkeypatch):
     args = scan_args(batch=2, channels=6, length=21)
-    calls, decay = [], scan_module._decay
-    monkeypatch.setattr(scan_module, "_decay", lambda *a: calls.append(1) or decay(*a))
+    calls, states = [], scan_module._states
+    monkeypatch.setattr(scan_module, "_states", lambda *a: calls.append(1) or states(*a))
     monkeypatch.setattr(scan_module, "BLOCK_ELEMENTS", 21 * 2 * 4 * 2)  # 3 blocks of 2 channels
     grads = []
     for kept in (0, 1 << 23):

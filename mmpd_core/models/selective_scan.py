@@ -193,7 +193,7 @@ def chunked_scan(coef, x, chunk=None, reverse=False, rate=None, readout=None):
     made = coef is None  # made from the rates in pass 1, step by step, kept for pass 2
     if rate is not None:  # padded steps count as no decay: only the last chunk has any, and
         rates, a = by_chunk(rate[0]), rate[1]  # its total is unused
-        total = torch.mul(rates.sum(1), a).exp2_()  # (C, ...): each chunk's total decay
+        total = _decay(rates.sum(1), a)  # (C, ...): each chunk's total decay
         rates = rates.unbind(1)
     if made:  # (T, C, ...): each step's coefficients contiguous
         coefs = total.new_empty(chunk, *total.shape).unbind(0)
@@ -209,7 +209,7 @@ def chunked_scan(coef, x, chunk=None, reverse=False, rate=None, readout=None):
 
     def make(j):  # coef_j = exp2(r_j * a), computed where pass 2 will read it
         if made:
-            torch.mul(rates[j], a, out=coefs[j]).exp2_()
+            _decay(rates[j], a, out=coefs[j])
 
     steps = range(chunk - 1, -1, -1) if reverse else range(chunk)
     end = torch.mul(*drives[steps[0]]) if factored else drives[steps[0]].clone()  # (C, ...)
@@ -245,9 +245,10 @@ def _pad(x: torch.Tensor, length: int) -> torch.Tensor:
     return torch.cat([x, x.new_zeros(missing, *x.shape[1:])]) if missing else x
 
 
-def _decay(delta, A2):
-    """Ā = exp(Δ A) = exp2(Δ A log2 e) (L, b, N, e) of Δ (L, b, e) and A2 = A^T log2 e (N, e)."""
-    return torch.mul(delta.unsqueeze(2), A2).exp2_()  # (L, b, N, e)
+def _decay(rate, A2, out=None):
+    """Ā = exp(Δ A) = exp2(Δ A log2 e) of rates Δ (..., 1, e) and A2 = A^T log2 e (N, e):
+    (..., N, e), into ``out`` if given."""
+    return torch.mul(rate, A2, out=out).exp2_()
 
 
 def _drive(delta, u, B):
@@ -257,8 +258,9 @@ def _drive(delta, u, B):
 
 def _states(delta, u, A2, B):
     """Ā and the states s (L, b, N, e) of channels (L, b, e), with A2 = A^T log2 e (N, e)."""
-    decay = _decay(delta, A2)
-    return decay, chunked_scan(decay, _drive(delta, u, B), rate=(delta.unsqueeze(2), A2))
+    rate = delta.unsqueeze(2)  # (L, b, 1, e)
+    decay = _decay(rate, A2)  # (L, b, N, e)
+    return decay, chunked_scan(decay, _drive(delta, u, B), rate=(rate, A2))
 
 
 def _sequential_readout(delta, u, A2, B, C):
@@ -272,8 +274,7 @@ def _sequential_readout(delta, u, A2, B, C):
     decay = torch.empty_like(state)
     y = delta.new_empty(len(delta), delta.shape[1], 1, delta.shape[2])  # (L, b, 1, e)
     for t, out in enumerate(y.unbind(0)):
-        torch.mul(rates[t], A2, out=decay).exp2_()
-        state.mul_(decay).addcmul_(drives[t], inputs[t])
+        state.mul_(_decay(rates[t], A2, out=decay)).addcmul_(drives[t], inputs[t])
         torch.matmul(readouts[t], state, out=out)
     return y.squeeze(2)
 

@@ -39,7 +39,8 @@ import math
 import torch
 from torch import nn
 
-from mmpd_core.geometry import farthest_point_sample, gather_points, knn
+from mmpd_core.geometry import farthest_point_sample, gather_points
+from mmpd_core.geometry import group as point_mae_group
 
 
 class FourierPositions(nn.Module):
@@ -78,10 +79,8 @@ class ThreeDETREncoder(nn.Module):
 
     def group(self, points: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """(local xyz / radius (B, G, K, 3), centres (B, G, 3))."""
-        first = farthest_point_sample(points, self.num_groups, skip_origin=False)  # (B, G)
-        centers = gather_points(points, first)  # (B, G, 3)
-        index = knn(centers, points, self.group_size)  # (B, G, K), nearest first
-        local = gather_points(points, index) - centers.unsqueeze(2)  # (B, G, K, 3)
+        groups, size = self.num_groups, self.group_size
+        local, centers = point_mae_group(points, groups, size, skip_origin=False)  # nearest first
         outside = local.norm(dim=-1, keepdim=True) > self.radius  # (B, G, K, 1)
         local = torch.where(outside, local[:, :, :1], local)  # the nearest point, repeated
         return local / self.radius, centers
